@@ -1,0 +1,26 @@
+# Two entry points, both on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+FLASK = $(VENV)/bin/flask --app wsgi
+
+.PHONY: run test install
+
+# Install, create the SQLite database, load the sample rosters, print a staff
+# account, then serve on 127.0.0.1:5000.
+run: install
+	$(VENV)/bin/python -m app.instance_setup
+	$(FLASK) db upgrade
+	$(FLASK) demo
+	$(VENV)/bin/gunicorn --bind 127.0.0.1:5000 --workers 2 --access-logfile - wsgi:app
+
+# Run the test suite (SQLite, or the database TEST_DATABASE_URL names).
+test: install
+	$(VENV)/bin/python -m pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	touch $@

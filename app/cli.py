@@ -1,0 +1,141 @@
+"""Command-line interface: `flask --app wsgi staff|roster|certificate|demo ...`."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import PROJECT_ROOT
+from .domain.catalogue import KIND_CERTIFICATE, KIND_PASS
+from .domain.roster import RosterFileError
+from .extensions import db
+from .models import Certificate, StaffUser
+from .services import accounts, batches
+from .services.certificates import certificate_pdf
+from .services.lookup import normalise_number
+from .services.issuing import IMPORTED, REJECTED, SKIPPED, report_csv
+
+staff_cli = AppGroup("staff", help="管理工作人员账号。")
+roster_cli = AppGroup("roster", help="导入考试合格人员名单。")
+certificate_cli = AppGroup("certificate", help="生成证书文件。")
+
+KIND_CHOICES = {"证书": KIND_CERTIFICATE, "合格证明": KIND_PASS, KIND_CERTIFICATE: KIND_CERTIFICATE, KIND_PASS: KIND_PASS}
+
+# The clean sample rosters the demo loads, with the exam and kind where the file does not say.
+DEMO_ROSTERS = [
+    ("历年二级建造师证书信息2016-2023.xlsx", "二级建造师", KIND_CERTIFICATE),
+    ("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", KIND_CERTIFICATE),
+    ("2023年度二级造价工程师考试合格人员.csv", "二级造价工程师", KIND_CERTIFICATE),
+    ("2024年度初级注册安全工程师考试合格人员.xlsx", "初级注册安全工程师", KIND_CERTIFICATE),
+    ("2024年度职称考试合格人员.xlsx", None, None),
+    ("2024年度增报专业考试合格证明名单.xlsx", None, KIND_PASS),
+]
+DEMO_ROSTER_DIR = PROJECT_ROOT / "tests" / "data" / "rosters"
+
+
+def generate_password() -> str:
+    """Return a random 16-character password with upper, lower, digit and symbol."""
+    alphabet = string.ascii_letters + string.digits + "!#%+-=?@"
+    while True:
+        password = "".join(secrets.choice(alphabet) for _ in range(16))
+        if (
+            any(c.islower() for c in password)
+            and any(c.isupper() for c in password)
+            and any(c.isdigit() for c in password)
+            and any(not c.isalnum() for c in password)
+        ):
+            return password
+
+
+@staff_cli.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["admin", "operator", "auditor"]), required=True, help="账号角色。")
+@click.option("--generate-password", "generate", is_flag=True, help="生成随机密码并只显示这一次，不再询问。")
+def create_staff(username: str, role: str, generate: bool) -> None:
+    """Create a staff account; the password is prompted for, or generated and printed once."""
+    if db.session.scalar(select(StaffUser.id).where(StaffUser.username == username)):
+        raise click.ClickException(f"用户名「{username}」已存在，请换一个用户名。")
+
+    password = generate_password() if generate else click.prompt("密码", hide_input=True, confirmation_prompt="确认密码")
+    problem = accounts.staff_password_problem(password)
+    if problem:
+        raise click.ClickException(problem)
+
+    accounts.create_staff(username, role, password, actor="cli")
+    click.echo(f"已创建工作人员账号 {username}（角色 {role}）。")
+    if generate:
+        click.echo(f"初始密码（只显示这一次）：{password}")
+
+
+@roster_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--exam", help="考试项目，文件中没有考试项目列时必须指定，例如 二级建造师。")
+@click.option("--kind", type=click.Choice(list(KIND_CHOICES)), help="证书类别：证书 或 合格证明。")
+@click.option("--dry-run", is_flag=True, help="只检查并输出结果，不写入证书库。")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="逐行结果报告（CSV）的保存路径。")
+def import_roster(file: Path, exam: str | None, kind: str | None, dry_run: bool, report: Path | None) -> None:
+    """Import an exam-result roster (XLSX or CSV)."""
+    try:
+        plan, batch = batches.import_file(
+            file, exam=exam, kind=KIND_CHOICES.get(kind) if kind else None, actor="cli", dry_run=dry_run
+        )
+    except RosterFileError as error:
+        raise click.ClickException(str(error)) from error
+
+    if report:
+        report.write_text(report_csv(plan.outcomes), encoding="utf-8")
+    _echo_counts(plan, batch, dry_run)
+
+
+def _echo_counts(plan, batch, dry_run: bool) -> None:
+    counts = plan.counts
+    if plan.earlier_batch_id:
+        click.echo(f"该文件已于批次 #{plan.earlier_batch_id} 导入过，本次不会新增重复记录。")
+    prefix = "检查完成（未写入）" if dry_run else f"导入完成，批次 #{batch.id}"
+    click.echo(
+        f"{prefix}：导入 {counts[IMPORTED]} 行，拒绝 {counts[REJECTED]} 行，跳过 {counts[SKIPPED]} 行。"
+        f"\nimported={counts[IMPORTED]} rejected={counts[REJECTED]} skipped={counts[SKIPPED]}"
+    )
+
+
+@certificate_cli.command("render")
+@click.argument("number")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PDF 文件的保存路径。")
+def render_certificate(number: str, out: Path) -> None:
+    """Write one certificate's PDF."""
+    certificate = db.session.scalar(select(Certificate).where(Certificate.number == normalise_number(number)))
+    if certificate is None:
+        raise click.ClickException(f"证书编号「{number}」不存在。")
+    out.write_bytes(certificate_pdf(certificate))
+    click.echo(f"已生成 {out}")
+
+
+@click.command("demo")
+@click.option("--username", default="demo-admin", show_default=True, help="演示管理员账号的用户名。")
+def demo(username: str) -> None:
+    """Load the sample rosters and print a staff account (a demo; safe to run again)."""
+    for filename, exam, kind in DEMO_ROSTERS:
+        path = DEMO_ROSTER_DIR / filename
+        plan, batch = batches.import_file(path, exam=exam, kind=kind, actor="demo")
+        counts = plan.counts
+        click.echo(f"{filename}：导入 {counts[IMPORTED]}，拒绝 {counts[REJECTED]}，跳过 {counts[SKIPPED]}")
+
+    password = generate_password()
+    accounts.create_or_reset_staff(username, "admin", password, actor="demo")
+    total = db.session.scalar(select(db.func.count(Certificate.id)))
+    click.echo(f"证书库共 {total} 条记录。")
+    click.echo(f"工作人员账号：{username}  密码：{password}  （登录地址 /admin）")
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(staff_cli)
+    app.cli.add_command(roster_cli)
+    app.cli.add_command(certificate_cli)
+    app.cli.add_command(demo)
+

@@ -1,0 +1,769 @@
+"""Roster validation: the rows of a roster file in, one outcome per row out.
+
+`iter_outcomes` reads a roster through `roster_read` and judges each row
+without a database. An imported row is accepted for import, and the issuing
+layer may still skip or reject it against stored records. A rejected row
+carries a Chinese reason naming the field, the value and the fix. Blank rows,
+footer lines, repeated headers and exact duplicates are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TypeVar
+
+from .catalogue import KIND_CERTIFICATE, KIND_LABELS, KIND_PASS, Catalogue, Exam
+from .identity import (
+    IdentityError,
+    check_character,
+    infer_id_type,
+    normalise_id_number,
+    resident_birth_month,
+    resident_gender,
+    uses_resident_scheme,
+)
+from .roster_read import (
+    APPROVAL_DATE,
+    BIRTH_MONTH,
+    EXAM,
+    FIELD_LABELS,
+    GENDER,
+    ID_NUMBER,
+    ID_TYPE,
+    KIND,
+    LEVEL,
+    MIN_HEADER_FIELDS,
+    NAME,
+    NUMBER,
+    SPECIALTY,
+    Cell,
+    Header,
+    RosterFileError,
+    RosterTable,
+    SheetRow,
+    header_key,
+    is_blank,
+    open_roster,
+)
+
+__all__ = [
+    "IMPORTED",
+    "REJECTED",
+    "SKIPPED",
+    "FieldError",
+    "RecordData",
+    "RosterFileError",
+    "RowOutcome",
+    "check_roster",
+    "id_cell_text",
+    "guess_from_filename",
+    "iter_outcomes",
+    "normalise_name",
+    "parse_approval_date",
+    "parse_birth_month",
+    "parse_certificate_number",
+    "parse_gender",
+    "parse_identity",
+    "parse_name",
+]
+
+logger = logging.getLogger(__name__)
+
+IMPORTED = "imported"
+REJECTED = "rejected"
+SKIPPED = "skipped"
+
+MAX_NAME_LENGTH = 30
+EARLIEST_APPROVAL = date(1990, 1, 1)
+EARLIEST_BIRTH = date(1900, 1, 1)
+# Excel's 1900 date system counts days from 1899-12-30 (it treats 1900 as a
+# leap year, so the offset is right from 1900-03-01 on).
+EXCEL_EPOCH = date(1899, 12, 30)
+MAX_EXCEL_SERIAL = 2958465  # 9999-12-31
+# Excel keeps 15 significant digits, so a longer number typed into a cell is rounded.
+EXCEL_DIGITS = 15
+# Reasons quote at most this many characters of a cell, so one bad cell cannot flood a report.
+SHOWN_CHARACTERS = 40
+
+CERTIFICATE_NUMBER = re.compile(r"[A-Z0-9]{6,32}")
+KIND_NAMES = {
+    "证书": KIND_CERTIFICATE,
+    "考试证书": KIND_CERTIFICATE,
+    "职业资格证书": KIND_CERTIFICATE,
+    "合格证明": KIND_PASS,
+    "考试合格证明": KIND_PASS,
+}
+GENDER_NAMES = {"男": "男", "男性": "男", "M": "男", "MALE": "男", "女": "女", "女性": "女", "F": "女", "FEMALE": "女"}
+
+_CJK = (
+    "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\U00020000-\U0003134f"
+)
+_CJK_CHARACTER = re.compile(f"[{_CJK}·]")
+_DOT_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])\\.(?=[{_CJK}])")
+# Characters people type in place of the middle dot U+00B7 between parts of a name.
+_NAME_SEPARATORS = str.maketrans(dict.fromkeys(
+    "\u2022\u2027\u2219\u22c5\u30fb\uff65\u0387\u2e31\u1427\u318d\u25cf\u25e6\ufe52\u2024\u00b7",
+    "\u00b7",
+))
+_FULLWIDTH_ASCII = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+_MARKUP = frozenset("<>&\"'`")
+_NAME_PUNCTUATION = frozenset("·.- ")
+
+_DATE_TEXT = re.compile(
+    r"(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?"
+    r"(?:\s+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
+)
+_MONTH_TEXT = re.compile(r"(\d{4})\s*[-/.年]\s*(\d{1,2})\s*月?")
+_EIGHT_DIGITS = re.compile(r"(\d{4})(\d{2})(\d{2})")
+_SIX_DIGITS = re.compile(r"(\d{4})(\d{2})")
+_SERIAL_TEXT = re.compile(r"\d{5}(?:\.\d+)?")
+_SCIENTIFIC = re.compile(r"\d(?:\.\d+)?E\+?\d+")
+_TRAILING_ZERO_FRACTION = re.compile(r"(\d+)\.0+")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecordData:
+    number: str  # 证书编号
+    name: str
+    gender: str  # 男 or 女
+    id_type: str  # one of identity.ID_TYPES
+    id_number: str
+    birth_month: date  # first day of the month
+    exam: str  # catalogue exam name
+    specialty: str  # catalogue specialty name
+    level: str | None  # 级别, only for exams that have levels
+    kind: str  # KIND_CERTIFICATE or KIND_PASS
+    approval_date: date
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    row: int  # spreadsheet row number
+    outcome: str  # IMPORTED (accepted for import), REJECTED or SKIPPED
+    reason: str  # Chinese, for staff; empty for an imported row
+    record: RecordData | None = None  # set only when outcome is IMPORTED
+
+
+class FieldError(ValueError):
+    """One cell failed a check; `reason` is the Chinese message for staff."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- Public API ---------------------------------------------------------
+
+
+def iter_outcomes(
+    path: str | Path,
+    catalogue: Catalogue,
+    *,
+    exam: str | None = None,
+    kind: str | None = None,
+    filename: str | None = None,
+    today: date | None = None,
+) -> Iterator[RowOutcome]:
+    """Open a roster and return a generator of one outcome per row below the header.
+
+    The file, its header and the exam and kind choice are checked before
+    this returns, so RosterFileError comes from the call itself. A workbook
+    that breaks part-way raises RosterFileError from the generator instead.
+    Rows stream, so memory grows only with the certificate numbers seen.
+    """
+    table = open_roster(path, filename=filename)
+    try:
+        context = _RowContext(
+            header=table.header,
+            catalogue=catalogue,
+            exam=_default_exam(table.header, catalogue, exam),
+            kind=_default_kind(table.header, kind),
+            today=today or date.today(),
+        )
+    except RosterFileError:
+        table.close()
+        raise
+    return _outcomes(table, context, filename or Path(path).name)
+
+
+def check_roster(
+    path: str | Path,
+    catalogue: Catalogue,
+    *,
+    exam: str | None = None,
+    kind: str | None = None,
+    filename: str | None = None,
+    today: date | None = None,
+) -> list[RowOutcome]:
+    """Return every outcome of `iter_outcomes` as a list."""
+    return list(iter_outcomes(path, catalogue, exam=exam, kind=kind, filename=filename, today=today))
+
+
+def guess_from_filename(filename: str, catalogue: Catalogue) -> tuple[str | None, str | None]:
+    """Guess the exam and kind a roster's file name mentions, for a form's defaults.
+
+    The exam is the longest catalogue exam name inside the file name, so
+    "初级注册安全工程师" wins over a shorter name it contains. 合格证明
+    means a pass certificate and 证书 a certificate; otherwise kind is None.
+    """
+    text = re.sub(r"\s+", "", unicodedata.normalize("NFKC", Path(filename).stem))
+    names = sorted(catalogue.exams, key=len, reverse=True)
+    exam = next((name for name in names if _lookup_key(name) in text), None)
+    kind = None
+    if "合格证明" in text:
+        kind = KIND_PASS
+    elif "证书" in text:
+        kind = KIND_CERTIFICATE
+    return exam, kind
+
+
+# --- Exam and kind choice -----------------------------------------------
+
+
+@dataclass
+class _RowContext:
+    header: Header
+    catalogue: Catalogue
+    exam: Exam | None  # the caller's choice, used where the row names none
+    kind: str | None
+    today: date
+    _exams: dict[str, Exam] = field(default_factory=dict)
+    _specialties: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def find_exam(self, text: str) -> Exam | None:
+        if not self._exams:
+            self._exams = {_lookup_key(name): exam for name, exam in self.catalogue.exams.items()}
+        key = _lookup_key(text)
+        for suffix in ("职业资格考试", "考试"):
+            if key.endswith(suffix) and key[: -len(suffix)] in self._exams:
+                key = key[: -len(suffix)]
+        return self._exams.get(key)
+
+    def find_specialty(self, exam: Exam, text: str) -> str | None:
+        index = self._specialties.get(exam.name)
+        if index is None:
+            index = {_lookup_key(name): name for name in exam.specialties}
+            self._specialties[exam.name] = index
+        return index.get(_lookup_key(text))
+
+
+def _lookup_key(text: str) -> str:
+    # NFKC makes "（" and "(" equal, so a specialty typed either way matches the catalogue.
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+
+
+def _default_exam(header: Header, catalogue: Catalogue, exam: str | None) -> Exam | None:
+    if exam is None or not exam.strip():
+        if EXAM not in header.columns:
+            raise RosterFileError("文件中没有「考试项目」列，请选择考试项目后重新上传")
+        return None
+    found = catalogue.exam(exam.strip())
+    if found is None:
+        raise RosterFileError(
+            f"考试项目「{exam}」不在考试目录中，请从以下考试中选择：{'、'.join(catalogue.exams)}"
+        )
+    return found
+
+
+def _default_kind(header: Header, kind: str | None) -> str | None:
+    if kind is None or not kind.strip():
+        if KIND not in header.columns:
+            raise RosterFileError("文件中没有「证书类别」列，请选择证书类别（证书或合格证明）后重新上传")
+        return None
+    if kind in KIND_LABELS:
+        return kind
+    found = KIND_NAMES.get(_lookup_key(kind))
+    if found is None:
+        raise RosterFileError(f"证书类别「{kind}」无法识别，请选择“证书”或“合格证明”")
+    return found
+
+
+# --- Row loop -----------------------------------------------------------
+
+
+def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> Iterator[RowOutcome]:
+    counts: Counter[str] = Counter()
+    # Certificate number -> (row, record) of the first accepted row using it.
+    seen: dict[str, tuple[int, RecordData]] = {}
+    with table:
+        for row in table.rows():
+            outcome = _judge_row(row, context, seen)
+            counts[outcome.outcome] += 1
+            yield outcome
+    logger.info(
+        "Checked roster %s: %s imported, %s rejected, %s skipped",
+        display_name, counts[IMPORTED], counts[REJECTED], counts[SKIPPED],
+    )
+
+
+def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, RecordData]]) -> RowOutcome:
+    skip_reason = _skip_reason(row, context.header)
+    if skip_reason:
+        return RowOutcome(row.row, SKIPPED, skip_reason)
+    errors: list[str] = []
+    record = _parse_record(row, context, errors)
+    if record is None:
+        return RowOutcome(row.row, REJECTED, "；".join(errors))
+    return _check_duplicate(row.row, record, seen)
+
+
+def _skip_reason(row: SheetRow, header: Header) -> str:
+    filled = [value for value in row.cells if not is_blank(value)]
+    if not filled:
+        return "空行，已跳过"
+    if _is_repeated_header(row, header):
+        return "重复的表头行，已跳过"
+    if len(filled) <= 2 and not _has_key_digits(row, header):
+        text = " ".join(str(value).strip() for value in filled)
+        return f"「{_shown(text)}」没有证件号码和证书编号，不是人员记录（如表尾的制表人、备注），已跳过"
+    return ""
+
+
+def _has_key_digits(row: SheetRow, header: Header) -> bool:
+    # Every ID and certificate number has digits, and a footer such as
+    # "审核人：陈某某" that spills into those columns has none.
+    for key in (ID_NUMBER, NUMBER):
+        value = row.cell(header.columns.get(key))
+        if not is_blank(value) and any(c.isdigit() for c in str(value)):
+            return True
+    return False
+
+
+def _is_repeated_header(row: SheetRow, header: Header) -> bool:
+    matches = 0
+    for index, value in enumerate(row.cells):
+        if isinstance(value, str) and index < len(header.keys) and header.keys[index]:
+            matches += header_key(value) == header.keys[index]
+    return matches >= MIN_HEADER_FIELDS
+
+
+def _check_duplicate(row: int, record: RecordData, seen: dict[str, tuple[int, RecordData]]) -> RowOutcome:
+    earlier = seen.get(record.number)
+    if earlier is None:
+        seen[record.number] = (row, record)
+        return RowOutcome(row, IMPORTED, "", record)
+    first_row, first = earlier
+    if first == record:
+        return RowOutcome(row, SKIPPED, f"与第 {first_row} 行完全相同，已跳过")
+    if (first.id_number, first.name) != (record.id_number, record.name):
+        reason = f"证书编号「{record.number}」已在第 {first_row} 行用于另一人（{first.name}），请核对证书编号"
+    else:
+        reason = (
+            f"证书编号「{record.number}」已在第 {first_row} 行使用，两行的专业、日期等内容不同，"
+            "请核对后只保留正确的一行"
+        )
+    return RowOutcome(row, REJECTED, reason)
+
+
+# --- One record ---------------------------------------------------------
+
+
+def _attempt(errors: list[str], parse: Callable[..., T], *args: object) -> T | None:
+    """Call `parse`, recording its reason in `errors` instead of raising, so a row lists every fault."""
+    try:
+        return parse(*args)
+    except (FieldError, IdentityError) as error:
+        errors.append(error.reason)
+        return None
+
+
+def _parse_record(row: SheetRow, context: _RowContext, errors: list[str]) -> RecordData | None:
+    def cell(key: str) -> Cell:
+        return row.cell(context.header.columns.get(key))
+
+    name = _attempt(errors, parse_name, cell(NAME))
+    identity = _attempt(errors, parse_identity, cell(ID_TYPE), cell(ID_NUMBER), cell(GENDER),
+                        cell(BIRTH_MONTH), context.today)
+    exam = _attempt(errors, _row_exam, cell(EXAM), context)
+    kind = _attempt(errors, _row_kind, cell(KIND), context.kind)
+    specialty = level = None
+    if exam is not None:
+        specialty = _attempt(errors, _parse_specialty, cell(SPECIALTY), exam, context)
+        level = _attempt(errors, _parse_level, cell(LEVEL), exam)
+    approval_date = _attempt(errors, parse_approval_date, cell(APPROVAL_DATE), context.today)
+    number = _attempt(errors, parse_certificate_number, cell(NUMBER))
+    if errors:
+        return None
+    assert name and identity and exam and kind and specialty and approval_date and number
+    id_type, id_number, gender, birth_month = identity
+    return RecordData(
+        number=number, name=name, gender=gender, id_type=id_type, id_number=id_number,
+        birth_month=birth_month, exam=exam.name, specialty=specialty, level=level, kind=kind,
+        approval_date=approval_date,
+    )
+
+
+def _row_exam(value: Cell, context: _RowContext) -> Exam:
+    text = cell_text(EXAM, value).strip()
+    if not text:
+        if context.exam is None:
+            raise FieldError("考试项目为空，请填写考试项目")
+        return context.exam
+    exam = context.find_exam(text)
+    if exam is None:
+        names = "、".join(context.catalogue.exams)
+        raise FieldError(f"考试项目「{_shown(text)}」不在考试目录中，应为以下之一：{names}")
+    return exam
+
+
+def _row_kind(value: Cell, default: str | None) -> str:
+    text = cell_text(KIND, value).strip()
+    if not text:
+        if default is None:
+            raise FieldError("证书类别为空，请填写“证书”或“合格证明”")
+        return default
+    kind = KIND_NAMES.get(_lookup_key(text))
+    if kind is None:
+        raise FieldError(f"证书类别「{_shown(text)}」无法识别，请填写“证书”“考试证书”“职业资格证书”或“合格证明”")
+    return kind
+
+
+def _parse_specialty(value: Cell, exam: Exam, context: _RowContext) -> str:
+    text = cell_text(SPECIALTY, value).strip()
+    if not text:
+        raise FieldError("专业名称为空，请填写专业名称")
+    specialty = context.find_specialty(exam, text)
+    if specialty is None:
+        raise FieldError(
+            f"专业名称「{_shown(text)}」不是{exam.name}的专业，应为以下之一：{'、'.join(exam.specialties)}"
+        )
+    return specialty
+
+
+def _parse_level(value: Cell, exam: Exam) -> str | None:
+    # An exam without levels prints none, so a stray 级别 value there is ignored.
+    text = _lookup_key(cell_text(LEVEL, value))
+    if not text or not exam.levels:
+        return None
+    if text not in exam.levels:
+        raise FieldError(f"级别「{_shown(text)}」不是{exam.name}的级别，应为以下之一：{'、'.join(exam.levels)}")
+    return text
+
+
+# --- Identity within a row ----------------------------------------------
+
+
+def parse_identity(
+    type_value: Cell, number_value: Cell, gender_value: Cell, birth_value: Cell, today: date
+) -> tuple[str, str, str, date]:
+    """Return (id_type, id_number, gender, birth_month), cross-checked for an 18-character ID."""
+    number_text, from_number = id_cell_text(number_value)
+    id_type = infer_id_type(cell_text(ID_TYPE, type_value), number_text)
+    try:
+        id_number = normalise_id_number(number_text, id_type, today=today)
+    except IdentityError as error:
+        if from_number:
+            raise FieldError(error.reason + "；该号码在表格中存成了数字，可能已丢失精度，请把该列设置为文本格式后重新导出") from None
+        raise
+    gender = parse_gender(gender_value)
+    birth_month = parse_birth_month(birth_value, today)
+    if uses_resident_scheme(id_type):
+        return id_type, id_number, _agreed_gender(id_number, gender), _agreed_birth(id_number, birth_month)
+    if gender is None or birth_month is None:
+        missing = "、".join(label for label, value in (("性别", gender), ("出生年月", birth_month)) if value is None)
+        raise FieldError(f"{id_type}号码中没有性别和出生年月，请填写{missing}")
+    return id_type, id_number, gender, birth_month
+
+
+def _agreed_gender(id_number: str, gender: str | None) -> str:
+    derived = resident_gender(id_number)
+    if gender is not None and gender != derived:
+        parity = "奇数" if derived == "男" else "偶数"
+        raise FieldError(
+            f"性别「{gender}」与证件号码「{id_number}」不符：第 17 位 {id_number[16]} 是{parity}，"
+            f"应为{derived}；请核对性别或证件号码"
+        )
+    return derived
+
+
+def _agreed_birth(id_number: str, birth_month: date | None) -> date:
+    derived = resident_birth_month(id_number)
+    if birth_month is not None and birth_month != derived:
+        raise FieldError(
+            f"出生年月「{birth_month:%Y-%m}」与证件号码「{id_number}」中的出生年月 {derived:%Y-%m} 不符；"
+            "请核对出生年月或证件号码"
+        )
+    return derived
+
+
+def id_cell_text(value: Cell) -> tuple[str, bool]:
+    """Return an ID cell as text and whether it was stored as an exact whole number.
+
+    Raise FieldError for a number Excel has rounded: a float of more than 15
+    digits, or text in scientific notation as a CSV export shows it.
+    """
+    if isinstance(value, float) and not isinstance(value, bool):
+        return _id_from_float(value), False
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), True
+    text = cell_text(ID_NUMBER, value)
+    if _SCIENTIFIC.fullmatch(_lookup_key(text).upper()):
+        raise FieldError(
+            f"证件号码「{text.strip()}」是科学计数法显示的数字，完整号码已丢失；"
+            "请把该列设置为文本格式，重新录入完整号码后再导出"
+        )
+    return text, False
+
+
+def _id_from_float(value: float) -> str:
+    if not value.is_integer():
+        raise FieldError(f"证件号码「{value}」是带小数的数字，不是证件号码，请核对")
+    # Show the digits Excel displays (15 significant), not the binary float's tail.
+    digits = str(int(Decimal(f"{value:.{EXCEL_DIGITS}g}")))
+    if len(digits) <= EXCEL_DIGITS:
+        return digits
+    checksum = ""
+    if len(digits) == 18 and check_character(digits[:17]) != digits[17]:
+        checksum = "，按前 17 位校验位不符"
+    raise FieldError(
+        f"证件号码「{digits}」在 Excel 中存成了数字，超过 15 位的部分已丢失精度{checksum}；"
+        "请把该列设置为文本格式，重新录入完整号码后再导出"
+    )
+
+
+# --- Cell values --------------------------------------------------------
+
+
+def cell_text(key: str, value: Cell) -> str:
+    """Return a cell as text; raise FieldError for a formula, which must never be imported."""
+    label = FIELD_LABELS[key]
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if value.lstrip().startswith("="):
+            raise _formula_error(label, value)
+        return value
+    if isinstance(value, bool):
+        return str(value).upper()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ") if value.time() else value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    # openpyxl returns ArrayFormula and DataTableFormula objects for those formulas.
+    raise _formula_error(label, str(getattr(value, "text", None) or type(value).__name__))
+
+
+def _formula_error(label: str, text: str) -> FieldError:
+    return FieldError(
+        f"{label}「{_shown(text.strip())}」是 Excel 公式而不是文字；"
+        "请在 Excel 中复制该列并“选择性粘贴为数值”后重新上传"
+    )
+
+
+def _shown(text: str) -> str:
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return text[:SHOWN_CHARACTERS] + "…"
+
+
+def parse_name(value: Cell) -> str:
+    """Return a normalised name, or raise FieldError naming why it is not a name."""
+    name = normalise_name(cell_text(NAME, value))
+    if not name:
+        raise FieldError("姓名为空，请填写姓名")
+    _check_name(name)
+    return name
+
+
+def normalise_name(raw: str) -> str:
+    """Normalise a name's spacing, full-width letters and separators without judging it.
+
+    Lookup forms use this too, so a name typed there matches the stored one.
+    """
+    text = raw.translate(_ZERO_WIDTH).translate(_FULLWIDTH_ASCII).translate(_NAME_SEPARATORS)
+    parts = text.split()
+    name = parts[0] if parts else ""
+    for part in parts[1:]:
+        # Spaces inside a Chinese name are padding, but they separate Latin name parts.
+        joined = _CJK_CHARACTER.match(name[-1]) and _CJK_CHARACTER.match(part[0])
+        name += part if joined else " " + part
+    return _DOT_BETWEEN_CJK.sub("·", name)
+
+
+def _check_name(name: str) -> None:
+    shown = _shown(name)
+    markup = sorted({c for c in name if c in _MARKUP})
+    if markup:
+        raise FieldError(f"姓名「{shown}」含有标记字符「{''.join(markup)}」，请只填写姓名本身")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in name):
+        raise FieldError(f"姓名「{shown!r}」含有控制字符，请删除后重新填写")
+    if any(c.isdigit() for c in name):
+        raise FieldError(f"姓名「{shown}」含有数字，请只填写姓名本身")
+    if not any(unicodedata.category(c)[0] == "L" for c in name):
+        raise FieldError(f"姓名「{shown}」中没有文字，请填写姓名")
+    if len(name) > MAX_NAME_LENGTH:
+        raise FieldError(f"姓名「{shown}」有 {len(name)} 个字符，超过 {MAX_NAME_LENGTH} 个字符的上限，请核对")
+    other = sorted({c for c in name if c not in _NAME_PUNCTUATION and unicodedata.category(c)[0] not in "LM"})
+    if other:
+        raise FieldError(f"姓名「{shown}」含有不允许的字符「{''.join(other)}」，姓名只能包含文字、间隔号·、空格、点和连字符")
+
+
+def parse_gender(value: Cell) -> str | None:
+    """Return 男 or 女, None for a blank cell, or raise FieldError."""
+    text = _lookup_key(cell_text(GENDER, value)).upper()
+    if not text:
+        return None
+    gender = GENDER_NAMES.get(text)
+    if gender is None:
+        raise FieldError(f"性别「{_shown(text)}」无法识别，请填写“男”或“女”")
+    return gender
+
+
+def parse_certificate_number(value: Cell) -> str:
+    """Return a certificate number in capitals without spaces, or raise FieldError."""
+    if isinstance(value, float) and not value.is_integer():
+        raise FieldError(f"证书编号「{value}」是带小数的数字，请核对")
+    if isinstance(value, float) and value >= 10**EXCEL_DIGITS:
+        raise FieldError(
+            f"证书编号「{int(value)}」在 Excel 中存成了数字，超过 15 位的部分已丢失精度；"
+            "请把该列设置为文本格式，重新录入完整编号后再导出"
+        )
+    text = _lookup_key(cell_text(NUMBER, value)).upper()
+    if not text:
+        raise FieldError("证书编号为空，请填写证书编号")
+    # A number cell exported as text keeps Excel's ".0".
+    whole = _TRAILING_ZERO_FRACTION.fullmatch(text)
+    if whole:
+        text = whole.group(1)
+    if not CERTIFICATE_NUMBER.fullmatch(text):
+        raise FieldError(f"证书编号「{_shown(text)}」格式不正确，应为 6 至 32 位字母或数字，请核对")
+    return text
+
+
+# --- Dates --------------------------------------------------------------
+
+
+def excel_serial_date(serial: float) -> date:
+    """Return the date of an Excel serial number in the 1900 date system."""
+    if not 1 <= serial <= MAX_EXCEL_SERIAL:
+        raise ValueError(f"Excel serial {serial} is out of range")
+    return EXCEL_EPOCH + timedelta(days=int(serial))
+
+
+def parse_approval_date(value: Cell, today: date) -> date:
+    """Return the approval date, or raise FieldError when missing, unreadable, before 1990 or after `today`."""
+    label = FIELD_LABELS[APPROVAL_DATE]
+    if is_blank(value):
+        raise FieldError(f"{label}为空，请填写批准日期，如 2024-10-18")
+    found = _read_date(value)
+    if found is None:
+        shown = _shown(cell_text(APPROVAL_DATE, value).strip())
+        raise FieldError(f"{label}「{shown}」无法识别，请写成 2024-10-18 这样的日期")
+    if found < EARLIEST_APPROVAL:
+        raise FieldError(f"{label}「{found.isoformat()}」早于 1990 年，请核对")
+    if found > today:
+        raise FieldError(f"{label}「{found.isoformat()}」晚于今天（{today.isoformat()}），不能是将来的日期，请核对")
+    return found
+
+
+def _read_date(value: Cell) -> date | None:
+    """Return the date in a cell, or None when it is not one."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        if isinstance(value, str):
+            return _date_from_text(_clean(value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _date_from_number(value)
+    except ValueError:
+        return None
+    return None
+
+
+def _date_from_number(value: float) -> date:
+    # A number cell holds either an Excel serial or digits typed as 20241018.
+    match = _EIGHT_DIGITS.fullmatch(_number_text(value))
+    if match:
+        return date(*(int(group) for group in match.groups()))
+    return excel_serial_date(value)
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _clean(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def _date_from_text(text: str) -> date | None:
+    for pattern in (_DATE_TEXT, _EIGHT_DIGITS):
+        match = pattern.fullmatch(text)
+        if match:
+            year, month, day = (int(group) for group in match.groups())
+            return date(year, month, day)
+    if _SERIAL_TEXT.fullmatch(text):
+        return excel_serial_date(float(text))
+    return None
+
+
+def parse_birth_month(value: Cell, today: date) -> date | None:
+    """Return the first day of the birth month, None for a blank cell, or raise FieldError."""
+    if is_blank(value):
+        return None
+    found = _read_month(value)
+    if found is None:
+        shown = _shown(cell_text(BIRTH_MONTH, value).strip())
+        raise FieldError(f"出生年月「{shown}」无法识别，请写成 1990-01 这样的年月")
+    if not EARLIEST_BIRTH <= found <= today:
+        raise FieldError(f"出生年月「{found:%Y-%m}」不可能，请核对")
+    return found
+
+
+def _read_month(value: Cell) -> date | None:
+    if isinstance(value, datetime):
+        return value.date().replace(day=1)
+    if isinstance(value, date):
+        return value.replace(day=1)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if isinstance(value, float) and not value.is_integer() and 1900 <= value < 2100:
+        return _month_from_decimal(value)
+    text = _clean(value) if isinstance(value, str) else _number_text(value)
+    try:
+        return _month_from_text(text)
+    except ValueError:
+        return None
+
+
+def _month_from_decimal(value: float) -> date | None:
+    # Excel stores "1990.01" typed into a number cell as 1990.01 and "1990.10" as 1990.1,
+    # so the fraction times 100 is the month.
+    year = int(value)
+    month = round((value - year) * 100)
+    if not 1 <= month <= 12:
+        return None
+    return date(year, month, 1)
+
+
+def _month_from_text(text: str) -> date | None:
+    for pattern in (_DATE_TEXT, _EIGHT_DIGITS):
+        match = pattern.fullmatch(text)
+        if match:
+            year, month, day = (int(group) for group in match.groups())
+            return date(year, month, day).replace(day=1)
+    for pattern in (_MONTH_TEXT, _SIX_DIGITS):
+        match = pattern.fullmatch(text)
+        if match:
+            return date(int(match.group(1)), int(match.group(2)), 1)
+    if _SERIAL_TEXT.fullmatch(text):
+        return excel_serial_date(float(text)).replace(day=1)
+    return None

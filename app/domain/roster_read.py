@@ -1,0 +1,426 @@
+"""Reading roster files (XLSX or CSV) into numbered rows under a recognised header.
+
+This module only reads: it finds the header row, maps its column names to
+fields and yields raw cell values. `roster.py` validates the values, so a
+different reader (python-calamine, say) only has to produce `SheetRow`s.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import logging
+import re
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, BinaryIO, Protocol
+
+from openpyxl import load_workbook
+from openpyxl.utils.exceptions import InvalidFileException
+
+logger = logging.getLogger(__name__)
+
+# Field keys, shared with roster.py.
+NAME = "name"
+GENDER = "gender"
+ID_TYPE = "id_type"
+ID_NUMBER = "id_number"
+BIRTH_MONTH = "birth_month"
+SPECIALTY = "specialty"
+APPROVAL_DATE = "approval_date"
+NUMBER = "number"
+EXAM = "exam"
+KIND = "kind"
+LEVEL = "level"
+
+# The column name staff know each field by, used in every message.
+FIELD_LABELS = {
+    NAME: "姓名",
+    GENDER: "性别",
+    ID_TYPE: "证件类型",
+    ID_NUMBER: "证件号码",
+    BIRTH_MONTH: "出生年月",
+    SPECIALTY: "专业名称",
+    APPROVAL_DATE: "批准日期",
+    NUMBER: "证书编号",
+    EXAM: "考试项目",
+    KIND: "证书类别",
+    LEVEL: "级别",
+}
+
+# Header names after `header_key` normalisation, mapped to field keys.
+HEADER_SYNONYMS = {
+    "姓名": NAME,
+    "性别": GENDER,
+    "证件类型": ID_TYPE,
+    "证件种类": ID_TYPE,
+    "证件号码": ID_NUMBER,
+    "证件号": ID_NUMBER,
+    "身份证号": ID_NUMBER,
+    "身份证号码": ID_NUMBER,
+    "身份证件号码": ID_NUMBER,
+    "出生年月": BIRTH_MONTH,
+    "出生日期": BIRTH_MONTH,
+    "专业名称": SPECIALTY,
+    "专业": SPECIALTY,
+    "批准日期": APPROVAL_DATE,
+    "发证日期": APPROVAL_DATE,
+    "证书编号": NUMBER,
+    "编号": NUMBER,
+    "证书号": NUMBER,
+    "证书号码": NUMBER,
+    "考试项目": EXAM,
+    "考试名称": EXAM,
+    "证书类别": KIND,
+    "级别": LEVEL,
+}
+
+REQUIRED_FIELDS = (NAME, ID_NUMBER, SPECIALTY, APPROVAL_DATE, NUMBER)
+
+# Staff files put at most a few title lines above the header.
+HEADER_SEARCH_ROWS = 20
+# A row naming this many known columns is the header, so a title such as
+# "…姓名…" in one cell never is.
+MIN_HEADER_FIELDS = 3
+
+XLSX_EXTENSIONS = frozenset({".xlsx", ".xlsm"})
+CSV_EXTENSIONS = frozenset({".csv", ".txt"})
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Excel 97-2003 files and password-protected workbooks are OLE compound files.
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_CSV_DELIMITERS = (",", "\t", ";")
+_SNIFF_CHARS = 65536
+_CHUNK_BYTES = 1 << 16
+
+_SAVE_AS_XLSX = "请在 Excel 中打开后“另存为”Excel 工作簿（.xlsx）或 CSV 再上传"
+
+# openpyxl and zipfile raise all of these on damaged workbooks.
+_XLSX_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    InvalidFileException,
+    KeyError,
+    ValueError,
+    TypeError,
+    OSError,
+    EOFError,
+    SyntaxError,
+)
+
+# A cell value: str, int, float, bool, datetime, date, time, None, or an
+# openpyxl formula object for array and data-table formulas.
+Cell = object
+
+
+class RosterFileError(Exception):
+    """The roster file as a whole cannot be used; `reason` is the Chinese message for staff."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Header:
+    row: int  # spreadsheet row number of the header
+    columns: dict[str, int]  # field key -> 0-based column index
+    keys: tuple[str, ...]  # normalised text of every header cell, for spotting repeated headers
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    row: int  # spreadsheet row number, 1-based
+    cells: tuple[Cell, ...]
+
+    def cell(self, index: int | None) -> Cell:
+        """Return the cell at `index`, or None past the row's end or for a missing column."""
+        if index is None or index >= len(self.cells):
+            return None
+        return self.cells[index]
+
+
+def header_key(text: str) -> str:
+    """Normalise a header cell: full-width folded, whitespace, "*" marks and a bracketed note dropped."""
+    key = re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+    key = key.strip("*")
+    return re.sub(r"[(\[【].*[)\]】]$", "", key)
+
+
+def is_blank(value: Cell) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class RosterTable:
+    """An open roster: the header found and the data rows below it.
+
+    Use as a context manager or call `close`, because an XLSX stays open
+    while its rows are read.
+    """
+
+    def __init__(self, header: Header, rows: Generator[SheetRow, None, None], resources: list[Closable]) -> None:
+        self.header = header
+        self._rows = rows
+        self._resources = resources
+
+    def rows(self) -> Iterator[SheetRow]:
+        """Yield the rows below the header; raise RosterFileError if the file breaks mid-way."""
+        return self._rows
+
+    def close(self) -> None:
+        # A suspended row generator keeps a member of the zip open, so it is closed first.
+        _close_all([self._rows, *self._resources])
+
+    def __enter__(self) -> RosterTable:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _close_all(resources: list[Closable]) -> None:
+    for resource in resources:
+        resource.close()
+
+
+def open_roster(path: str | Path, *, filename: str | None = None) -> RosterTable:
+    """Open a roster file and find its header; raise RosterFileError if it cannot be used.
+
+    `filename` is the name the file was uploaded as, when `path` is a
+    temporary file; its extension must agree with the content.
+    """
+    path = Path(path)
+    display_name = filename or path.name
+    file_format = sniff_format(path, display_name)
+    if file_format == "xlsx":
+        return _open_xlsx(path, display_name)
+    return _open_csv(path, display_name)
+
+
+def sniff_format(path: Path, display_name: str) -> str:
+    """Return "xlsx" or "csv" from the file's first bytes, checked against its extension."""
+    with path.open("rb") as stream:
+        head = stream.read(8)
+    if not head:
+        raise RosterFileError(f"文件「{display_name}」是空的（0 字节），请确认选择了正确的文件后重新上传")
+    extension = Path(display_name).suffix.lower()
+    if extension == ".xls" or head.startswith(_OLE_MAGIC):
+        raise RosterFileError(
+            f"文件「{display_name}」是 Excel 97-2003（.xls）格式或设置了打开密码，无法读取；"
+            f"请取消密码，{_SAVE_AS_XLSX}"
+        )
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if extension in XLSX_EXTENSIONS or (not extension and is_zip):
+        return _expect_zip(is_zip, display_name)
+    if extension in CSV_EXTENSIONS or not extension:
+        return _expect_text(is_zip, display_name)
+    raise RosterFileError(
+        f"不支持文件「{display_name}」的类型「{extension}」，请上传 Excel 工作簿（.xlsx）或 CSV 文件（.csv）"
+    )
+
+
+def _expect_zip(is_zip: bool, display_name: str) -> str:
+    if not is_zip:
+        raise RosterFileError(
+            f"文件「{display_name}」的扩展名是 .xlsx，但内容不是 Excel 工作簿（可能是改了扩展名的 CSV 或其他文件）；"
+            f"{_SAVE_AS_XLSX}"
+        )
+    return "xlsx"
+
+
+def _expect_text(is_zip: bool, display_name: str) -> str:
+    if is_zip:
+        raise RosterFileError(
+            f"文件「{display_name}」的扩展名是 .csv，但内容是 Excel 工作簿；请把扩展名改为 .xlsx 后重新上传"
+        )
+    return "csv"
+
+
+# --- XLSX ---------------------------------------------------------------
+
+
+def _open_xlsx(path: Path, display_name: str) -> RosterTable:
+    # A stream, because openpyxl refuses a path whose extension it does not know
+    # (an uploaded temporary file), and the extension was checked already.
+    stream = path.open("rb")
+    try:
+        workbook = _load_workbook(stream, display_name)
+    except BaseException:
+        stream.close()
+        raise
+    resources: list[Closable] = [workbook, stream]
+    for sheet in workbook.worksheets:
+        sheet_rows = _sheet_rows(sheet, display_name)
+        try:
+            found = _find_header(sheet_rows)
+        except BaseException:
+            _close_all([sheet_rows, *resources])
+            raise
+        if found is not None:
+            return RosterTable(found, sheet_rows, resources)
+        sheet_rows.close()
+    _close_all(resources)
+    raise _no_header(display_name)
+
+
+def _load_workbook(stream: BinaryIO, display_name: str) -> Any:
+    try:
+        # data_only=False keeps formulas as "=..." text, so roster.py can reject them.
+        return load_workbook(stream, read_only=True, data_only=False)
+    except _XLSX_ERRORS as error:
+        logger.warning("Cannot open workbook %s: %s", display_name, type(error).__name__)
+        raise _damaged(display_name) from error
+
+
+def _sheet_rows(sheet: Any, display_name: str) -> Generator[SheetRow, None, None]:
+    # Some generators write a wrong <dimension>; read-only mode would cut rows to it.
+    sheet.reset_dimensions()
+    rows = sheet.iter_rows(min_row=1, values_only=True)
+    number = 0
+    try:
+        for number, cells in enumerate(rows, start=1):
+            yield SheetRow(number, tuple(cells))
+    except _XLSX_ERRORS as error:
+        logger.warning("Workbook %s broke after row %s: %s", display_name, number, type(error).__name__)
+        raise _damaged(display_name) from error
+
+
+def _damaged(display_name: str) -> RosterFileError:
+    return RosterFileError(
+        f"无法读取 Excel 文件「{display_name}」，文件可能已损坏或不是 .xlsx 工作簿；{_SAVE_AS_XLSX}"
+    )
+
+
+# --- CSV ----------------------------------------------------------------
+
+
+def _open_csv(path: Path, display_name: str) -> RosterTable:
+    encoding = detect_encoding(path, display_name)
+    stream = path.open("r", encoding=encoding, newline="")
+    try:
+        rows = _csv_rows(stream, _sniff_delimiter(stream), display_name)
+        found = _find_header(rows)
+    except BaseException:
+        stream.close()
+        raise
+    if found is None:
+        _close_all([rows, stream])
+        raise _no_header(display_name)
+    return RosterTable(found, rows, [stream])
+
+
+def detect_encoding(path: Path, display_name: str) -> str:
+    """Return the codec for a CSV: a BOM decides, else UTF-8 if the whole file decodes, else GB18030."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if b"\x00" in _first_bytes(path):
+        raise RosterFileError(
+            f"文件「{display_name}」不是文本格式的 CSV 文件；{_SAVE_AS_XLSX}"
+        )
+    for encoding in ("utf-8", "gb18030"):
+        if _decodes(path, encoding):
+            return encoding
+    raise RosterFileError(
+        f"无法识别文件「{display_name}」的文字编码（既不是 UTF-8 也不是 GB18030）；"
+        "请在 Excel 中另存为“CSV UTF-8（逗号分隔）”后重新上传"
+    )
+
+
+def _first_bytes(path: Path) -> bytes:
+    with path.open("rb") as stream:
+        return stream.read(_CHUNK_BYTES)
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    # Decode in chunks so a 100,000-row file is checked without holding it in memory.
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _sniff_delimiter(stream: IO[str]) -> str:
+    sample = stream.read(_SNIFF_CHARS)
+    stream.seek(0)
+    return max(_CSV_DELIMITERS, key=sample.count)
+
+
+def _csv_rows(stream: IO[str], delimiter: str, display_name: str) -> Generator[SheetRow, None, None]:
+    # Numbered by record, as Excel numbers them even when a quoted cell spans lines.
+    reader = csv.reader(stream, delimiter=delimiter)
+    number = 0
+    try:
+        for number, fields in enumerate(reader, start=1):
+            yield SheetRow(number, tuple(field if field.strip() else None for field in fields))
+    except (csv.Error, UnicodeDecodeError) as error:
+        logger.warning("CSV %s broke after row %s: %s", display_name, number, type(error).__name__)
+        raise RosterFileError(
+            f"文件「{display_name}」第 {number + 1} 行附近无法按 CSV 读取；{_SAVE_AS_XLSX}"
+        ) from error
+
+
+# --- Header -------------------------------------------------------------
+
+
+def _find_header(rows: Iterator[SheetRow]) -> Header | None:
+    """Consume rows up to and including the header and return it, or None if the first rows contain none."""
+    for row in rows:
+        if row.row > HEADER_SEARCH_ROWS:
+            return None
+        header = _header_from(row)
+        if header is not None:
+            _check_required(header)
+            return header
+    return None
+
+
+def _header_from(row: SheetRow) -> Header | None:
+    keys = tuple(header_key(value) if isinstance(value, str) else "" for value in row.cells)
+    columns: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        field = HEADER_SYNONYMS.get(key)
+        # The first column wins when a name repeats, as a reader scanning left to right expects.
+        if field is not None and field not in columns:
+            columns[field] = index
+    if len(columns) < MIN_HEADER_FIELDS:
+        return None
+    return Header(row=row.row, columns=columns, keys=keys)
+
+
+def _check_required(header: Header) -> None:
+    missing = [FIELD_LABELS[field] for field in REQUIRED_FIELDS if field not in header.columns]
+    if missing:
+        raise RosterFileError(
+            f"第 {header.row} 行的表头缺少必填列：{'、'.join(missing)}；"
+            "请在表头加上这些列后重新上传"
+        )
+
+
+def _no_header(display_name: str) -> RosterFileError:
+    expected = "、".join(FIELD_LABELS[field] for field in REQUIRED_FIELDS)
+    return RosterFileError(
+        f"在文件「{display_name}」前 {HEADER_SEARCH_ROWS} 行中没有找到表头；"
+        f"表头行应包含 {expected} 等列名，请确认选择了正确的文件"
+    )

@@ -1,0 +1,163 @@
+"""Seal images for certificates: installed official images or a drawn 样章 specimen.
+
+Every PNG this module returns is 8-bit RGBA whose fully transparent pixels
+are white. A reader that honours the alpha channel shows red ink over the
+page, and one that drops it shows a white square, never the black box that
+palette, LA or premultiplied images turn into in some PDF writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import threading
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .catalogue import Seal
+
+logger = logging.getLogger(__name__)
+
+SEAL_RED = (204, 20, 20)
+SPECIMEN_SIZE_PX = 640  # about 390 dpi at the 42 mm a seal is printed at
+SPECIMEN_MARK = "样章"
+SEAL_FONT_FILE = Path("fonts") / "wqy-zenhei.ttc"
+
+_lock = threading.Lock()
+_memory_cache: dict[tuple[str, str, str | None], bytes] = {}
+
+
+class SealImageError(ValueError):
+    """An installed seal image is missing, unreadable or outside instance/."""
+
+
+def seal_png(seal: Seal, *, static_dir: Path, instance_dir: Path | None = None) -> bytes:
+    """Return the seal as PNG bytes, from its installed image or as a specimen.
+
+    Results are cached in memory, and specimens also on disk under
+    `instance_dir/seals/` when an instance folder is given.
+    """
+    key = (seal.code, seal.name, seal.image_path)
+    with _lock:
+        cached = _memory_cache.get(key)
+    if cached is not None:
+        return cached
+    if seal.image_path is None:
+        png = _specimen_png_cached(seal, static_dir, instance_dir)
+    else:
+        png = _installed_png(seal, instance_dir)
+    with _lock:
+        _memory_cache[key] = png
+    return png
+
+
+def _installed_png(seal: Seal, instance_dir: Path | None) -> bytes:
+    if instance_dir is None:
+        raise SealImageError(f"印章「{seal.name}」的图片需要 instance 目录，但未提供")
+    root = instance_dir.resolve()
+    path = (root / seal.image_path).resolve()
+    if not path.is_relative_to(root):
+        raise SealImageError(f"印章「{seal.name}」的图片路径不在 instance 目录内：{seal.image_path}")
+    try:
+        with Image.open(path) as image:
+            return to_png_bytes(flatten_alpha(image))
+    except OSError as error:
+        raise SealImageError(f"无法读取印章「{seal.name}」的图片 {seal.image_path}：{error}") from error
+
+
+def _specimen_png_cached(seal: Seal, static_dir: Path, instance_dir: Path | None) -> bytes:
+    cache_file = None
+    if instance_dir is not None:
+        digest = hashlib.sha256(f"{seal.code}\n{seal.name}".encode()).hexdigest()[:16]
+        cache_file = instance_dir / "seals" / f"specimen-{seal.code}-{digest}.png"
+        if cache_file.is_file():
+            return cache_file.read_bytes()
+    png = to_png_bytes(draw_specimen(seal.name, font_file=static_dir / SEAL_FONT_FILE))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_bytes(png)
+        logger.info("cached specimen seal %s at %s", seal.code, cache_file)
+    return png
+
+
+def flatten_alpha(image: Image.Image) -> Image.Image:
+    """Convert any mode to RGBA whose transparent pixels are white.
+
+    Colour is composited over white, and the alpha channel is kept as a mask.
+    """
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    rgb.putalpha(rgba.getchannel("A"))
+    return rgb
+
+
+def to_png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def draw_specimen(name: str, *, font_file: Path, size: int = SPECIMEN_SIZE_PX) -> Image.Image:
+    """Draw a specimen seal: red ring, star, `name` along the upper arc and 样章 across."""
+    # Drawn as a white-alpha mask first and coloured at the end, so the
+    # antialiased edges carry alpha rather than a pink fringe.
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    centre = size / 2
+    ring_width = round(size * 0.03)
+    draw.ellipse((ring_width, ring_width, size - ring_width, size - ring_width),
+                 outline=255, width=ring_width)
+    _draw_star(draw, centre, centre, size * 0.16)
+    _draw_arc_text(mask, name, font_file, radius=size * 0.375, char_size=round(size * 0.1))
+    _draw_specimen_mark(draw, font_file, size)
+    seal = Image.new("RGBA", (size, size), (*SEAL_RED, 0))
+    seal.putalpha(mask)
+    return flatten_alpha(seal)
+
+
+def _draw_star(draw: ImageDraw.ImageDraw, cx: float, cy: float, radius: float) -> None:
+    inner = radius * 0.382  # ratio of a regular pentagram
+    points = []
+    for index in range(10):
+        r = radius if index % 2 == 0 else inner
+        angle = math.radians(-90 + index * 36)
+        points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
+    draw.polygon(points, fill=255)
+
+
+def _draw_arc_text(mask: Image.Image, text: str, font_file: Path, *, radius: float, char_size: int) -> None:
+    """Draw `text` clockwise along the upper arc, each character facing the centre.
+
+    Long names are spread over up to 240 degrees and their characters
+    narrowed to fit, as engraved seals do, instead of overlapping.
+    """
+    font = ImageFont.truetype(str(font_file), char_size, index=0)
+    centre = mask.width / 2
+    step = min(24.0, 240.0 / max(len(text), 1))  # degrees per character
+    char_width = min(char_size, round(radius * math.radians(step) * 0.92))
+    start = -90 - step * (len(text) - 1) / 2
+    for index, char in enumerate(text):
+        angle = start + index * step
+        glyph = Image.new("L", (char_size, char_size), 0)
+        ImageDraw.Draw(glyph).text((char_size / 2, char_size / 2), char, font=font, fill=255, anchor="mm")
+        cell = Image.new("L", (char_size * 2, char_size * 2), 0)
+        narrowed = glyph.resize((char_width, char_size), Image.Resampling.LANCZOS)
+        cell.paste(narrowed, (char_size - char_width // 2, char_size // 2))
+        cell = cell.rotate(-(angle + 90), resample=Image.Resampling.BICUBIC)
+        x = centre + radius * math.cos(math.radians(angle)) - char_size
+        y = centre + radius * math.sin(math.radians(angle)) - char_size
+        mask.paste(255, (round(x), round(y)), cell)
+
+
+def _draw_specimen_mark(draw: ImageDraw.ImageDraw, font_file: Path, size: int) -> None:
+    # Large enough to read at print size, and drawn with a clear band so it is
+    # not mistaken for part of an official design.
+    font = ImageFont.truetype(str(font_file), round(size * 0.17), index=0)
+    y = size * 0.72
+    box = (size * 0.27, y - size * 0.1, size * 0.73, y + size * 0.1)
+    draw.rectangle(box, outline=255, width=round(size * 0.012))
+    draw.text((size / 2, y), SPECIMEN_MARK, font=font, fill=255, anchor="mm")

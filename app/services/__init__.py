@@ -1,0 +1,1 @@
+"""Operations on the database shared by the web views and the command line."""

@@ -1,0 +1,145 @@
+"""Fixtures: one migrated database per test session, emptied of records after each test.
+
+Tests use SQLite in a temporary folder, or the database TEST_DATABASE_URL names
+(PostgreSQL in CI). That database's public schema is dropped and rebuilt by
+the migrations at the start of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+from app import create_app
+from app.extensions import db
+from app.models import AuditEntry, Certificate, Holder, ImportBatch, StaffUser
+
+DATA_DIR = Path(__file__).parent / "data"
+ROSTER_DIR = DATA_DIR / "rosters"
+QR_KEY = "test-qr-key-0123456789"
+STAFF_PASSWORD = "Str0ng!Passw0rd"
+HOLDER_PASSWORD = "holder-pass-2024"
+
+# Rows written by tests; the catalogue the migration seeded stays.
+RECORD_TABLES = [Certificate, ImportBatch, AuditEntry, Holder, StaffUser]
+
+
+def _database_url(instance: Path) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        return f"sqlite:///{instance / 'test.db'}"
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _reset_postgres(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+        connection.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    instance = tmp_path_factory.mktemp("instance")
+    url = _database_url(instance)
+    if url.startswith("postgresql"):
+        _reset_postgres(url)
+
+    os.environ["CERT_INSTANCE_PATH"] = str(instance)
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key",
+            "QR_TOKEN_KEYS": [QR_KEY],
+            "SQLALCHEMY_DATABASE_URI": url,
+            "BASE_URL": "http://127.0.0.1:5000",
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    with app.app_context():
+        upgrade()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _empty_records(request):
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context():
+        db.session.rollback()
+        for model in RECORD_TABLES:
+            db.session.execute(sa.delete(model))
+        db.session.commit()
+
+
+@pytest.fixture
+def app_context(app):
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'name="csrf_token" value="([^"]+)"', html
+    )
+    assert match, "no CSRF token in page"
+    return match.group(1)
+
+
+@pytest.fixture
+def import_roster(app):
+    """Return a callable that imports a sample roster through the CLI command's service."""
+    from app.services import batches
+
+    def _import(filename: str, exam: str | None = None, kind: str | None = None):
+        with app.app_context():
+            plan, batch = batches.import_file(ROSTER_DIR / filename, exam=exam, kind=kind, actor="test")
+            return plan.counts
+
+    return _import
+
+
+@pytest.fixture
+def make_staff(app):
+    """Return a callable that creates a staff account and returns its username."""
+    from app.services import accounts
+
+    def _make(username: str = "operator1", role: str = "admin") -> str:
+        with app.app_context():
+            accounts.create_staff(username, role, STAFF_PASSWORD, actor="test")
+        return username
+
+    return _make
+
+
+@pytest.fixture
+def staff_client(client, make_staff):
+    username = make_staff()
+    page = client.get("/admin/login").get_data(as_text=True)
+    response = client.post(
+        "/admin/login", data={"username": username, "password": STAFF_PASSWORD, "csrf_token": csrf_token(page)}
+    )
+    assert response.status_code == 303
+    return client

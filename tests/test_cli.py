@@ -1,0 +1,199 @@
+"""The command line: staff accounts, roster import with its report, certificate rendering."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import pytest
+from pypdf import PdfReader
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Certificate, ImportBatch, StaffUser
+
+from .conftest import ROSTER_DIR
+
+FAULTY = ROSTER_DIR / "二级建造师_问题数据样例.xlsx"
+FAULTY_EXPECTED = ROSTER_DIR / "二级建造师_问题数据样例.expected.csv"
+
+CLEAN_ROSTERS = [
+    ("2024年度二级建造师考试合格人员名单.xlsx", ["--exam", "二级建造师", "--kind", "证书"], 1500),
+    ("2023年度二级造价工程师考试合格人员.csv", ["--exam", "二级造价工程师", "--kind", "证书"], 800),
+    ("2024年度初级注册安全工程师考试合格人员.xlsx", ["--exam", "初级注册安全工程师", "--kind", "证书"], 600),
+    ("2024年度职称考试合格人员.xlsx", [], 400),
+    ("2024年度增报专业考试合格证明名单.xlsx", ["--kind", "合格证明"], 300),
+    ("历年二级建造师证书信息2016-2023.xlsx", ["--exam", "二级建造师", "--kind", "证书"], 5600),
+]
+
+
+def certificate_count(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count(Certificate.id)))
+
+
+def test_staff_create_generates_password(app, runner):
+    result = runner.invoke(args=["staff", "create", "alice", "--role", "operator", "--generate-password"])
+
+    assert result.exit_code == 0, result.output
+    assert "初始密码" in result.output
+    with app.app_context():
+        user = db.session.scalar(select(StaffUser).where(StaffUser.username == "alice"))
+        assert user.role == "operator"
+
+
+def test_staff_create_prompts_for_password(app, runner):
+    result = runner.invoke(args=["staff", "create", "bob", "--role", "admin"], input="Long-enough-Pw1\nLong-enough-Pw1\n")
+
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        user = db.session.scalar(select(StaffUser).where(StaffUser.username == "bob"))
+        assert user.check_password("Long-enough-Pw1")
+
+
+def test_staff_create_rejects_short_password(runner):
+    result = runner.invoke(args=["staff", "create", "carol", "--role", "admin"], input="short\nshort\n")
+
+    assert result.exit_code != 0
+    assert "至少 12 位" in result.output
+
+
+def test_staff_create_rejects_duplicate_username(runner, make_staff):
+    make_staff("dave")
+    result = runner.invoke(args=["staff", "create", "dave", "--role", "admin", "--generate-password"])
+
+    assert result.exit_code != 0
+    assert "已存在" in result.output
+
+
+def test_faulty_roster_report_matches_expected(app, runner, tmp_path):
+    report = tmp_path / "report.csv"
+    result = runner.invoke(
+        args=["roster", "import", str(FAULTY), "--exam", "二级建造师", "--kind", "证书", "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+
+    with open(FAULTY_EXPECTED, encoding="utf-8") as handle:
+        expected = {int(row["row"]): row for row in csv.DictReader(handle)}
+    produced = {int(row["row"]): row for row in csv.DictReader(io.StringIO(report.read_text(encoding="utf-8")))}
+    assert sorted(produced) == sorted(expected)
+    for row_number, row in expected.items():
+        assert produced[row_number]["outcome"] == row["outcome"], (row_number, produced[row_number]["reason"])
+
+    with app.app_context():
+        stored = {c.name: c.id_number for c in db.session.scalars(select(Certificate))}
+    for row in expected.values():
+        if row["outcome"] == "imported":
+            assert stored.get(row["name"]) == row["id_number"]
+
+
+def test_rejected_rows_carry_reason(runner, tmp_path):
+    report = tmp_path / "report.csv"
+    runner.invoke(args=["roster", "import", str(FAULTY), "--exam", "二级建造师", "--kind", "证书", "--report", str(report)])
+
+    rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    for row in rows:
+        if row["outcome"] != "imported":
+            assert row["reason"], row
+
+
+@pytest.mark.parametrize("filename, options, rows", CLEAN_ROSTERS, ids=[c[0] for c in CLEAN_ROSTERS])
+def test_clean_roster_imports_completely(app, runner, filename, options, rows):
+    result = runner.invoke(args=["roster", "import", str(ROSTER_DIR / filename), *options])
+
+    assert result.exit_code == 0, result.output
+    assert f"imported={rows} rejected=0 skipped=0" in result.output
+    assert certificate_count(app) == rows
+
+
+def test_reimport_adds_nothing(app, runner):
+    path = str(ROSTER_DIR / "2024年度初级注册安全工程师考试合格人员.xlsx")
+    runner.invoke(args=["roster", "import", path, "--exam", "初级注册安全工程师", "--kind", "证书"])
+    result = runner.invoke(args=["roster", "import", path, "--exam", "初级注册安全工程师", "--kind", "证书"])
+
+    assert result.exit_code == 0, result.output
+    assert "imported=0 rejected=0 skipped=600" in result.output
+    assert "已于批次" in result.output
+    assert certificate_count(app) == 600
+
+
+def test_dry_run_writes_nothing(app, runner):
+    path = str(ROSTER_DIR / "2024年度初级注册安全工程师考试合格人员.xlsx")
+    result = runner.invoke(args=["roster", "import", path, "--exam", "初级注册安全工程师", "--kind", "证书", "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert "imported=600" in result.output
+    assert certificate_count(app) == 0
+    with app.app_context():
+        assert db.session.scalar(select(func.count(ImportBatch.id))) == 0
+
+
+def test_number_owned_by_other_record_is_rejected(app, runner, tmp_path):
+    source = ROSTER_DIR / "2023年度二级造价工程师考试合格人员.csv"
+    runner.invoke(args=["roster", "import", str(source), "--exam", "二级造价工程师", "--kind", "证书"])
+    lines = source.read_bytes().decode("gb18030").splitlines()
+    header, first = lines[0], lines[1].split(",")
+    first[1] = "改名字"
+    changed = tmp_path / "changed.csv"
+    changed.write_text(header + "\n" + ",".join(first) + "\n", encoding="utf-8")
+    report = tmp_path / "report.csv"
+
+    result = runner.invoke(
+        args=["roster", "import", str(changed), "--exam", "二级造价工程师", "--kind", "证书", "--report", str(report)]
+    )
+
+    assert result.exit_code == 0, result.output
+    row = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))[0]
+    assert row["outcome"] == "rejected"
+    assert "另一条记录" in row["reason"]
+    with app.app_context():
+        kept = db.session.scalar(select(Certificate).where(Certificate.number == first[7]))
+        assert kept.name != "改名字"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "文件"),
+        (b"PK\x03\x04 not really a zip", "文件"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 100, "文件"),
+    ],
+    ids=["empty", "corrupt-zip", "old-xls"],
+)
+def test_unreadable_file_exits_nonzero(runner, tmp_path, content, message):
+    path = tmp_path / "roster.xlsx"
+    path.write_bytes(content)
+
+    result = runner.invoke(args=["roster", "import", str(path), "--exam", "二级建造师", "--kind", "证书"])
+
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_import_without_exam_asks_for_it(runner, tmp_path):
+    path = tmp_path / "名单.xlsx"
+    shutil.copy(ROSTER_DIR / "2024年度二级建造师考试合格人员名单.xlsx", path)
+
+    result = runner.invoke(args=["roster", "import", str(path), "--kind", "证书"])
+
+    assert result.exit_code != 0
+    assert "考试" in result.output
+
+
+def test_certificate_render_writes_pdf(app, runner, import_roster, tmp_path):
+    import_roster("2024年度初级注册安全工程师考试合格人员.xlsx", "初级注册安全工程师", "certificate")
+    out = tmp_path / "cert.pdf"
+
+    result = runner.invoke(args=["certificate", "render", "202423000001", "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    text = PdfReader(out).pages[0].extract_text()
+    assert "202423000001" in text
+
+
+def test_certificate_render_unknown_number(runner, tmp_path):
+    result = runner.invoke(args=["certificate", "render", "NOPE0000", "--out", str(tmp_path / "x.pdf")])
+
+    assert result.exit_code != 0
+    assert "不存在" in result.output

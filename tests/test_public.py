@@ -1,0 +1,199 @@
+"""Employers' lookup: the form (with and without htmx), the QR landing page and the JSON API."""
+
+from __future__ import annotations
+
+import io
+
+import pypdfium2
+import pytest
+import zxingcpp
+from pypdf import PdfReader
+from sqlalchemy import select
+
+from app.domain.tokens import make_token
+from app.extensions import db
+from app.models import Certificate
+
+from .conftest import QR_KEY
+
+SAFETY_ROSTER = "2024年度初级注册安全工程师考试合格人员.xlsx"
+# First data row of the safety roster.
+NUMBER, NAME, ID_NUMBER = "202423000001", "杨宇", "500151199311095022"
+
+
+@pytest.fixture
+def loaded(import_roster):
+    import_roster(SAFETY_ROSTER, "初级注册安全工程师", "certificate")
+
+
+def test_home_page_links_both_groups(client):
+    html = client.get("/").get_data(as_text=True)
+
+    assert "/verify" in html
+    assert "/login" in html
+
+
+def test_verify_form_without_javascript(client, loaded):
+    response = client.get("/verify", query_string={"number": NUMBER, "name": NAME})
+    html = response.get_data(as_text=True)
+
+    assert response.status_code == 200
+    assert "<form" in html
+    assert "有效" in html
+    assert "初级注册安全工程师" in html
+    assert "金属冶炼安全" in html
+    assert "5001**********5022" in html
+    assert ID_NUMBER not in html
+
+
+def test_verify_htmx_returns_fragment(client, loaded):
+    response = client.get("/verify", query_string={"number": NUMBER, "name": NAME}, headers={"HX-Request": "true"})
+    html = response.get_data(as_text=True)
+
+    assert "<html" not in html
+    assert "有效" in html
+    assert "HX-Request" in response.headers["Vary"]
+
+
+def test_verify_history_restore_gets_full_page(client, loaded):
+    headers = {"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    html = client.get("/verify", query_string={"number": NUMBER, "name": NAME}, headers=headers).get_data(as_text=True)
+
+    assert "<html" in html
+
+
+@pytest.mark.parametrize(
+    "number, name",
+    [
+        ("  ２０２４２３０００００１ ", NAME),
+        (NUMBER, f" {NAME} "),
+        (NUMBER.lower(), NAME),
+    ],
+    ids=["full-width-number", "spaces-around-name", "lowercase"],
+)
+def test_verify_normalises_input(client, loaded, number, name):
+    html = client.get("/verify", query_string={"number": number, "name": name}).get_data(as_text=True)
+
+    assert "5001**********5022" in html
+
+
+def test_wrong_name_answers_like_unknown_number(client, loaded):
+    wrong_name = client.get("/verify", query_string={"number": NUMBER, "name": "李四"}, headers={"HX-Request": "true"})
+    unknown = client.get("/verify", query_string={"number": "209999999999", "name": NAME}, headers={"HX-Request": "true"})
+
+    assert wrong_name.status_code == unknown.status_code
+    assert wrong_name.get_data() == unknown.get_data()
+
+
+def test_verify_empty_form_shows_field_errors(client):
+    html = client.get("/verify", query_string={"number": "", "name": ""}).get_data(as_text=True)
+
+    assert "请填写证书编号" in html
+    assert "请填写持证人姓名" in html
+
+
+def test_api_valid(client, loaded):
+    body = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME}).get_json()
+
+    assert body["result"] == "valid"
+    assert body["certificate"]["number"] == NUMBER
+    assert body["certificate"]["id_number"] == "5001**********5022"
+    assert body["certificate"]["specialty"] == "金属冶炼安全"
+
+
+def test_api_not_found_matches_wrong_name(client, loaded):
+    wrong = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": "李四"})
+    unknown = client.get("/api/v1/verify", query_string={"number": "209999999999", "name": NAME})
+
+    assert wrong.get_json() == {"result": "not_found", "certificate": None}
+    assert wrong.get_data() == unknown.get_data()
+
+
+def test_api_missing_parameters(client):
+    response = client.get("/api/v1/verify", query_string={"number": NUMBER})
+
+    assert response.status_code == 400
+    assert "name" in response.get_json()["error"]
+
+
+def test_api_revoked(app, client, loaded):
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        certificate.status = "revoked"
+        db.session.commit()
+
+    body = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME}).get_json()
+
+    assert body["result"] == "revoked"
+
+
+def _token_for(app, number: str) -> str:
+    with app.app_context():
+        public_id = db.session.scalar(select(Certificate.public_id).where(Certificate.number == number))
+    return make_token(public_id, [QR_KEY])
+
+
+def test_token_page_shows_status(app, client, loaded):
+    response = client.get(f"/v/{_token_for(app, NUMBER)}")
+    html = response.get_data(as_text=True)
+
+    assert response.status_code == 200
+    assert "有效" in html
+    assert NAME in html
+    assert 'name="viewport"' in html
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda t: t[:-3], lambda t: t[:5], lambda t: "x" + t, lambda t: t.replace(".", "!"), lambda t: "%00%ff", lambda t: "a" * 500],
+    ids=["truncated", "short", "altered", "bad-separator", "binary", "long"],
+)
+def test_bad_token_gets_clear_page(app, client, loaded, mangle):
+    response = client.get(f"/v/{mangle(_token_for(app, NUMBER))}")
+
+    assert response.status_code == 404
+    assert "验证链接无效" in response.get_data(as_text=True)
+
+
+def test_token_signed_with_other_key_is_invalid(app, client, loaded):
+    with app.app_context():
+        public_id = db.session.scalar(select(Certificate.public_id).where(Certificate.number == NUMBER))
+    response = client.get(f"/v/{make_token(public_id, ['some-other-key'])}")
+
+    assert "验证链接无效" in response.get_data(as_text=True)
+
+
+def test_token_contains_no_personal_data(app, loaded):
+    token = _token_for(app, NUMBER)
+
+    assert NUMBER not in token
+    assert ID_NUMBER not in token
+
+
+def test_rotated_key_still_verifies_old_token(app, loaded):
+    from app.domain.tokens import read_token
+
+    with app.app_context():
+        public_id = db.session.scalar(select(Certificate.public_id).where(Certificate.number == NUMBER))
+    old = make_token(public_id, ["old-key"])
+
+    assert read_token(old, ["old-key", "new-key"]) == public_id
+    assert read_token(old, ["new-key"]) is None
+
+
+def test_pdf_qr_leads_to_valid_page(app, client, loaded):
+    from app.services.certificates import certificate_pdf
+
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        pdf = certificate_pdf(certificate)
+
+    page = pypdfium2.PdfDocument(pdf)[0]
+    image = page.render(scale=200 / 72).to_pil()
+    codes = zxingcpp.read_barcodes(image)
+    assert len(codes) == 1
+    url = codes[0].text
+    assert url.startswith("http://127.0.0.1:5000/v/")
+    html = client.get(url.removeprefix("http://127.0.0.1:5000")).get_data(as_text=True)
+    assert "有效" in html
+    assert NUMBER in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
