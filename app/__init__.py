@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class ConfigurationError(RuntimeError):
-    """The settings are incomplete; the message says which and how to fix it."""
+    """Raised when required settings are missing. The message names them and the fix."""
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

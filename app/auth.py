@@ -1,4 +1,4 @@
-"""Login sessions shared by holders and staff, told apart by the session id prefix."""
+"""Login sessions shared by holders and staff, distinguished by the session id prefix."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ certificate_cli = AppGroup("certificate", help="生成证书文件。")
 
 KIND_CHOICES = {"证书": KIND_CERTIFICATE, "合格证明": KIND_PASS, KIND_CERTIFICATE: KIND_CERTIFICATE, KIND_PASS: KIND_PASS}
 
-# The clean sample rosters the demo loads, with the exam and kind where the file does not say.
+# The clean sample rosters the demo loads, with the exam and kind for files that lack those columns.
 DEMO_ROSTERS = [
     ("历年二级建造师证书信息2016-2023.xlsx", "二级建造师", KIND_CERTIFICATE),
     ("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", KIND_CERTIFICATE),

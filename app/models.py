@@ -187,6 +187,25 @@ class Certificate(db.Model):
     )
 
 
+class Job(db.Model):
+    """A background task (large import, ZIP export) and its progress, polled by the pages that started it."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    target: Mapped[str | None] = mapped_column(String(100))  # e.g. "batch:12"
+    done: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int | None] = mapped_column()
+    message: Mapped[str | None] = mapped_column(Text)  # shown to staff: progress note or failure reason
+    result: Mapped[str | None] = mapped_column(String(255))  # e.g. a file name under instance/
+    created_by: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("state IN ('queued', 'running', 'done', 'failed')", name="state"),)
+
+
 class AuditEntry(db.Model):
     """One staff action. Rows are only ever inserted."""
 

@@ -17,7 +17,7 @@ from flask_migrate import upgrade
 
 from app import create_app
 from app.extensions import db
-from app.models import AuditEntry, Certificate, Holder, ImportBatch, StaffUser
+from app.models import AuditEntry, Certificate, Holder, ImportBatch, Job, StaffUser
 
 DATA_DIR = Path(__file__).parent / "data"
 ROSTER_DIR = DATA_DIR / "rosters"
@@ -26,7 +26,7 @@ STAFF_PASSWORD = "Str0ng!Passw0rd"
 HOLDER_PASSWORD = "holder-pass-2024"
 
 # Rows written by tests; the catalogue the migration seeded stays.
-RECORD_TABLES = [Certificate, ImportBatch, AuditEntry, Holder, StaffUser]
+RECORD_TABLES = [Certificate, ImportBatch, AuditEntry, Holder, StaffUser, Job]
 
 
 def _database_url(instance: Path) -> str:
@@ -65,7 +65,8 @@ def app(tmp_path_factory):
         }
     )
     with app.app_context():
-        upgrade()
+        # Several branches may be open while features land; apply every head.
+        upgrade(revision="heads")
     yield app
     with app.app_context():
         db.engine.dispose()

@@ -21,7 +21,7 @@ from app.domain.catalogue import KIND_CERTIFICATE, KIND_PASS, Seal
 from app.domain.documents import (
     CertificateDocument,
     MissingGlyphError,
-    ResourceRefusedError,
+    ResourceRejectedError,
     document_fields,
     fill_statement,
     make_link_callback,
@@ -42,7 +42,6 @@ MM_PER_INCH = 25.4
 # templates/certificates/_base.html.
 SEAL_AREA_MM = (120, 200, 164, 242)
 DATE_AREA_MM = (110, 215, 174, 224)
-QR_AREA_MM = (150, 240, 195, 290)
 
 
 def sample_document(layout_code: str, **changes: object) -> CertificateDocument:
@@ -375,7 +374,7 @@ def test_warm_render_under_one_second(instance_dir: Path) -> None:
 ])
 def test_link_callback_rejects(uri: str) -> None:
     callback = make_link_callback(STATIC_DIR, None)
-    with pytest.raises(ResourceRefusedError):
+    with pytest.raises(ResourceRejectedError):
         callback(uri, None)
 
 

@@ -908,3 +908,8 @@ def test_outcome_counts_on_mixed_file(tmp_path: Path) -> None:
     rows = [header, row, row, [None], second_person("202421900001"), ["制表人：刘某某"]]
     counts = Counter(o for _, o, _ in outcomes_of(tmp_path, rows))
     assert counts == {IMPORTED: 1, SKIPPED: 3, REJECTED: 1}
+
+
+def test_formula_in_unused_column_ignored(tmp_path: Path) -> None:
+    result = one_row(tmp_path, {"序号": "=ROW()-1"})
+    assert result.outcome == IMPORTED, result.reason

@@ -1,19 +1,61 @@
-from flask import Blueprint, redirect, request, url_for
+"""The staff area. Access is decided once, here, for every route of the blueprint.
+
+Policy: anonymous visitors and holders are sent to the staff login. Every
+staff role may read (GET, HEAD). Changes (other methods) need the operator or
+admin role. Routes marked `@admin_only` need the admin role for every method.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Blueprint, abort, current_app, redirect, request, url_for
 from flask_login import current_user
 
 bp = Blueprint("admin", __name__)
+logger = logging.getLogger(__name__)
+
+ROLE_ADMIN = "admin"
+ROLE_OPERATOR = "operator"
+ROLE_AUDITOR = "auditor"
+ROLES = (ROLE_ADMIN, ROLE_OPERATOR, ROLE_AUDITOR)
+WRITE_ROLES = frozenset({ROLE_ADMIN, ROLE_OPERATOR})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Endpoints reachable without a staff session.
 PUBLIC_ENDPOINTS = {"admin.login"}
 
+View = TypeVar("View", bound=Callable)
+
+
+def admin_only(view: View) -> View:
+    """Mark a view as reserved to the admin role (staff accounts, catalogue, seals, keys)."""
+    view.admin_only = True  # type: ignore[attr-defined]
+    return view
+
+
+def allowed(role: str, method: str, view: Callable | None) -> bool:
+    """Decide whether a staff member with `role` may call `view` with `method`."""
+    if getattr(view, "admin_only", False):
+        return role == ROLE_ADMIN
+    if method in SAFE_METHODS:
+        return role in ROLES
+    return role in WRITE_ROLES
+
 
 @bp.before_request
 def require_staff():
-    """Guard the whole admin area once: only logged-in staff get past this."""
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if not current_user.is_authenticated or not getattr(current_user, "is_staff", False):
         return redirect(url_for("admin.login", next=request.full_path), 303)
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    if not allowed(current_user.role, request.method, view):
+        logger.warning("Staff %s (%s) denied %s %s", current_user.username, current_user.role, request.method, request.path)
+        abort(403)
     return None
 
 

@@ -69,7 +69,7 @@ class MissingGlyphError(ValueError):
         )
 
 
-class ResourceRefusedError(ValueError):
+class ResourceRejectedError(ValueError):
     """The template referred to a resource outside static/ and instance/."""
 
 
@@ -169,8 +169,8 @@ def make_link_callback(static_dir: Path, instance_dir: Path | None) -> Callable[
 
     `static/x` and `/static/x` resolve inside `static_dir`, `instance/x` and
     `/instance/x` inside `instance_dir`. Anything else, including file:// and
-    http(s) URLs, raises ResourceRefusedError, because a callback that returns
-    nothing lets xhtml2pdf fetch the original URI.
+    http(s) URLs, raises ResourceRejectedError, because a callback that returns
+    nothing makes xhtml2pdf fetch the original URI.
     """
     roots = {"static": static_dir.resolve()}
     if instance_dir is not None:
@@ -185,7 +185,7 @@ def make_link_callback(static_dir: Path, instance_dir: Path | None) -> Callable[
             path = (root / rest).resolve()
             if path.is_relative_to(root) and path.is_file():
                 return str(path)
-        raise ResourceRefusedError(f"证书模板引用了不允许的资源：{uri[:80]}")
+        raise ResourceRejectedError(f"证书模板引用了不允许的资源：{uri[:80]}（只能使用 static/、instance/ 下的文件或 data: URI）")
 
     return link_callback
 
@@ -241,12 +241,20 @@ def render_pdf(doc: CertificateDocument, *, static_dir: Path, instance_dir: Path
     register_fonts(static_dir)
     check_glyphs(doc, static_dir=static_dir)
     html = render_html(doc, static_dir=static_dir, instance_dir=instance_dir)
+    started = time.perf_counter()
+    pdf = _html_to_pdf(html, doc, static_dir=static_dir, instance_dir=instance_dir)
+    _check_one_page(pdf, doc.number)
+    logger.info("rendered %s in layout %s in %.0f ms", doc.number, doc.layout.code,
+                (time.perf_counter() - started) * 1000)
+    return pdf
+
+
+def _html_to_pdf(html: str, doc: CertificateDocument, *, static_dir: Path, instance_dir: Path | None) -> bytes:
     roots = (instance_dir.resolve(),) if instance_dir is not None else ()
-    # Belt and braces with the link_callback: the policy also confines what
-    # xhtml2pdf itself may open, and forbids the network outright.
+    # The policy confines what xhtml2pdf itself opens and forbids the network,
+    # so a path that reaches xhtml2pdf without the link_callback is still confined.
     policy = ResourceAccessPolicy(allow_remote=False, base_dir=static_dir.resolve(), extra_roots=roots)
     output = io.BytesIO()
-    started = time.perf_counter()
     result = pisa.CreatePDF(
         html,
         dest=output,
@@ -261,11 +269,7 @@ def render_pdf(doc: CertificateDocument, *, static_dir: Path, instance_dir: Path
     )
     if result.err:
         raise RenderError(f"证书 {doc.number} 生成 PDF 失败（{result.err} 个错误）")
-    pdf = output.getvalue()
-    _check_one_page(pdf, doc.number)
-    logger.info("rendered %s in layout %s in %.0f ms", doc.number, doc.layout.code,
-                (time.perf_counter() - started) * 1000)
-    return pdf
+    return output.getvalue()
 
 
 def _check_one_page(pdf: bytes, number: str) -> None:

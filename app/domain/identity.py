@@ -1,9 +1,9 @@
 """Identity documents: document types, number checks, derived facts and masking.
 
-A 居民身份证 number (GB 11643-1999) is 18 characters: a 6-digit area code, the
-birth date as YYYYMMDD, a 3-digit sequence number whose last digit is odd for
-men and even for women, and an ISO 7064 MOD 11-2 check character, where `X`
-stands for 10. 港澳台居民居住证 numbers follow the same scheme with the area
+A 居民身份证 number (GB 11643-1999) has 18 characters. They are a 6-digit area
+code, the birth date as YYYYMMDD, a 3-digit sequence number whose last digit
+is odd for men and even for women, and an ISO 7064 MOD 11-2 check character
+in which `X` stands for 10. 港澳台居民居住证 numbers follow the same scheme with the area
 codes 810000, 820000 and 830000. The other documents accepted at these exams
 get a shape check only, and their holder's gender and birth month are taken
 as given.
@@ -67,7 +67,7 @@ _GB11643_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
 _FIRST_GENERATION_SHAPE = re.compile(r"[0-9]{15}")
 _TRAILING_NOTE = re.compile(r"\(.*\)$")
 
-# NOTE: these shapes are broad on purpose: they catch a name or a date typed
+# NOTE: these shapes are broad on purpose, so they catch a name or a date typed
 # into the number column without rejecting a real number. They are not the
 # issuing authorities' own specifications.
 _LOOSE_SHAPES = {
@@ -82,7 +82,7 @@ _LOOSE_SHAPES = {
 
 
 class IdentityError(ValueError):
-    """A document type or number that fails its checks; `reason` is the message for the user."""
+    """A document type or number that fails its checks. `reason` is the message for the user."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -87,6 +87,8 @@ EARLIEST_BIRTH = date(1900, 1, 1)
 # Excel's 1900 date system counts days from 1899-12-30 (it treats 1900 as a
 # leap year, so the offset is right from 1900-03-01 on).
 EXCEL_EPOCH = date(1899, 12, 30)
+# NOTE: a bare serial number is always read in the 1900 system. openpyxl converts
+# date-formatted cells of 1904-system workbooks itself, but plain numbers there are 4 years off.
 MAX_EXCEL_SERIAL = 2958465  # 9999-12-31
 # Excel keeps 15 significant digits, so a longer number typed into a cell is rounded.
 EXCEL_DIGITS = 15
@@ -320,12 +322,15 @@ def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, R
 
 
 def _skip_reason(row: SheetRow, header: Header) -> str:
+    # Nearly every row has digits in its ID or number cell, so check that first and cheaply.
+    if _has_key_digits(row, header):
+        return ""
     filled = [value for value in row.cells if not is_blank(value)]
     if not filled:
         return "空行，已跳过"
     if _is_repeated_header(row, header):
         return "重复的表头行，已跳过"
-    if len(filled) <= 2 and not _has_key_digits(row, header):
+    if len(filled) <= 2:
         text = " ".join(str(value).strip() for value in filled)
         return f"「{_shown(text)}」没有证件号码和证书编号，不是人员记录（如表尾的制表人、备注），已跳过"
     return ""

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -56,16 +57,16 @@ def seal_png(seal: Seal, *, static_dir: Path, instance_dir: Path | None = None) 
 
 def _installed_png(seal: Seal, instance_dir: Path | None) -> bytes:
     if instance_dir is None:
-        raise SealImageError(f"印章「{seal.name}」的图片需要 instance 目录，但未提供")
+        raise SealImageError(f"印章「{seal.name}」有图片路径，但未提供 instance 目录")
     root = instance_dir.resolve()
     path = (root / seal.image_path).resolve()
     if not path.is_relative_to(root):
-        raise SealImageError(f"印章「{seal.name}」的图片路径不在 instance 目录内：{seal.image_path}")
+        raise SealImageError(f"印章「{seal.name}」的图片路径不在 instance 目录内：{seal.image_path}，请把图片放到 instance/ 下")
     try:
         with Image.open(path) as image:
             return to_png_bytes(flatten_alpha(image))
     except OSError as error:
-        raise SealImageError(f"无法读取印章「{seal.name}」的图片 {seal.image_path}：{error}") from error
+        raise SealImageError(f"无法读取印章「{seal.name}」的图片 {seal.image_path}：{error}，请检查文件是否为有效的 PNG") from error
 
 
 def _specimen_png_cached(seal: Seal, static_dir: Path, instance_dir: Path | None) -> bytes:
@@ -77,10 +78,23 @@ def _specimen_png_cached(seal: Seal, static_dir: Path, instance_dir: Path | None
             return cache_file.read_bytes()
     png = to_png_bytes(draw_specimen(seal.name, font_file=static_dir / SEAL_FONT_FILE))
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_bytes(png)
-        logger.info("cached specimen seal %s at %s", seal.code, cache_file)
+        _write_cache(cache_file, png, seal.code)
     return png
+
+
+def _write_cache(cache_file: Path, png: bytes, seal_code: str) -> None:
+    # The disk copy only saves redrawing after a restart, so a read-only
+    # instance folder costs time but never a certificate.
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside and renamed, so another worker never reads half a file.
+        partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        partial.write_bytes(png)
+        partial.replace(cache_file)
+    except OSError as error:
+        logger.warning("failed to cache specimen seal %s at %s: %s", seal_code, cache_file, error)
+        return
+    logger.info("cached specimen seal %s at %s", seal_code, cache_file)
 
 
 def flatten_alpha(image: Image.Image) -> Image.Image:

@@ -22,7 +22,7 @@ NOT_FOUND = "not_found"
 
 @dataclass(frozen=True)
 class CertificateView:
-    """What a public lookup may show: personal data masked."""
+    """The fields a public lookup may show, with personal data masked."""
 
     number: str
     name: str
@@ -78,8 +78,8 @@ def _query():
 def verify(number: str, name: str) -> LookupResult:
     """Look a certificate up by number and name.
 
-    A wrong name gets exactly the answer an unknown number gets, so the form
-    cannot be used to learn which numbers exist.
+    A wrong name returns exactly the result an unknown number returns, so the
+    form cannot be used to learn which numbers exist.
     """
     number = normalise_number(number)
     name = normalise_name(name or "")
