@@ -9,7 +9,8 @@ FLASK = $(VENV)/bin/flask --app wsgi
 # account, then serve on 127.0.0.1:5000.
 run: install
 	$(VENV)/bin/python -m app.instance_setup
-	$(FLASK) db upgrade heads
+	$(FLASK) keys init --if-missing
+	$(FLASK) db upgrade
 	$(FLASK) demo
 	$(VENV)/bin/gunicorn --bind 127.0.0.1:5000 --workers 2 --access-logfile - wsgi:app
 

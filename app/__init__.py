@@ -29,14 +29,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         static_folder=str(PROJECT_ROOT / "static"),
     )
     configure_settings(app, config)
+    configure_logging(app)
     configure_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_cli(app)
+    configure_proxy(app)
     return app
 
 
+def configure_proxy(app: Flask) -> None:
+    """Trust X-Forwarded-For/-Proto from PROXY_FIX_X_FOR proxies (nginx: 1), so rate limits see client addresses."""
+    hops = int(app.config.get("PROXY_FIX_X_FOR") or 0)
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+
+
 def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
+    # JSON answers keep Chinese readable (田娟, not \u7530\u5a1f) for people reading them with curl.
+    app.json.ensure_ascii = False
     app.config.from_object("app.config")
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("CERT")
@@ -47,19 +60,58 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "certificates.db")
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # Writers wait for each other instead of failing with "database is locked".
+        # A copy: the default dict lives in app.config and is shared by every app in this process.
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
+    if app.config.get("TESTING"):
+        # Fixed keys, so test and benchmark databases stay readable across runs.
+        app.config["ID_NUMBER_KEY"] = app.config.get("ID_NUMBER_KEY") or "test-id-number-key-not-for-production"
+        app.config["ID_HASH_KEY"] = app.config.get("ID_HASH_KEY") or "test-id-hash-key-not-for-production"
+    for key in ("SESSION_COOKIE_SECURE", "REMEMBER_COOKIE_SECURE"):
+        if app.config.get(key) is None:
+            app.config[key] = str(app.config.get("BASE_URL", "")).startswith("https://")
     validate_settings(app)
+
+
+def configure_logging(app: Flask) -> None:
+    """Send the app's INFO lines (logins, uploads, batches) somewhere with a timestamp.
+
+    Under gunicorn the records go to gunicorn's error log; elsewhere to stderr.
+    Nothing is changed when the root logger already has handlers (tests, an
+    embedding program).
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    gunicorn_error = logging.getLogger("gunicorn.error")
+    if gunicorn_error.handlers:
+        root.handlers = list(gunicorn_error.handlers)
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
 
 def validate_settings(app: Flask) -> None:
     """Reject a configuration that would issue unverifiable codes or forgeable sessions."""
+    from .security import require_safe_xml_parser, weak_keys
+
+    require_safe_xml_parser()
     if app.config.get("TESTING"):
         return
-    missing = [key for key in ("SECRET_KEY", "QR_TOKEN_KEYS") if not app.config.get(key)]
+    missing = [key for key in ("SECRET_KEY", "QR_TOKEN_KEYS", "ID_NUMBER_KEY", "ID_HASH_KEY") if not app.config.get(key)]
     if missing:
         raise ConfigurationError(
             "缺少配置项 %s：请在 instance/config.py 中设置，或设置环境变量 CERT_%s；"
             "演示环境可运行 python -m app.instance_setup 生成。" % ("、".join(missing), missing[0])
+        )
+    weak = weak_keys(app.config)
+    if weak:
+        raise ConfigurationError(
+            "配置项 %s 的密钥太短（少于 %s 个字符）或是文档中的示例值：请换成随机生成的密钥，"
+            "例如 python -c 'import secrets; print(secrets.token_urlsafe(48))' 的输出。"
+            % ("、".join(weak), app.config["MIN_KEY_LENGTH"])
         )
     font = PROJECT_ROOT / "static" / "fonts" / "wqy-zenhei.ttc"
     if not font.is_file():
@@ -68,15 +120,26 @@ def validate_settings(app: Flask) -> None:
 
 def configure_extensions(app: Flask) -> None:
     db.init_app(app)
+    from . import db_settings
+
+    db_settings.configure(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
     babel.init_app(app)
     limiter.init_app(app)
+
+    from .services import lookup_guard
+
+    lookup_guard.init_app(app)
     login_manager.init_app(app)
 
     from . import auth  # registers the user loader
 
     auth.configure_login(app)
+
+    from .security import configure_security
+
+    configure_security(app)
 
     from .web import configure_templates
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Flask
+
+from flask import Flask, flash, make_response, redirect, request, session, url_for
 from flask_babel import lazy_gettext as _l
+from flask_login import login_user
 
 from .extensions import db, login_manager
 from .models import Holder, StaffUser
+from .web import hx_redirect, is_htmx
 
 _USER_TYPES = {"staff": StaffUser, "holder": Holder}
+SESSION_VERSION_KEY = "sv"
 
 
 def configure_login(app: Flask) -> None:
@@ -23,4 +27,40 @@ def load_user(user_id: str) -> StaffUser | Holder | None:
     model = _USER_TYPES.get(prefix)
     if model is None or not raw_id.isdigit():
         return None
-    return db.session.get(model, int(raw_id))
+    user = db.session.get(model, int(raw_id))
+    # A logout or password change bumps the version, which ends copies of older cookies.
+    if user is None or session.get(SESSION_VERSION_KEY) != user.session_version:
+        return None
+    return user
+
+
+@login_manager.unauthorized_handler
+def unauthorized():
+    """Send the visitor to the holder login; htmx gets HX-Redirect so the whole page changes."""
+    target = url_for("holders.login", next=request.full_path if request.method == "GET" else None)
+    if is_htmx():
+        return hx_redirect(make_response("", 401), target)
+    flash(str(login_manager.login_message), "info")
+    return redirect(target, 303)
+
+
+def start_session(user: StaffUser | Holder) -> None:
+    """Log the user in on a fresh session: nothing from the anonymous session carries over."""
+    from .security import stamp_new_session
+
+    session.clear()
+    login_user(user)
+    session[SESSION_VERSION_KEY] = user.session_version
+    stamp_new_session()
+
+
+def end_session(user: StaffUser | Holder | None) -> None:
+    """Log out and invalidate every copy of this user's session cookie."""
+    from flask_login import logout_user
+
+    from .services.accounts import end_sessions
+
+    if user is not None and getattr(user, "is_authenticated", False):
+        end_sessions(user)
+    logout_user()
+    session.clear()

@@ -13,13 +13,15 @@ from sqlalchemy import select
 
 from . import PROJECT_ROOT
 from .domain.catalogue import KIND_CERTIFICATE, KIND_PASS
-from .domain.roster import RosterFileError
+from .domain.documents import MissingGlyphError
+from .domain.roster import RosterFileError, guess_from_filename
 from .extensions import db
-from .models import Certificate, StaffUser
+from .models import Certificate, ImportBatch, StaffUser
 from .services import accounts, batches
+from .services.catalogue import load_catalogue
 from .services.certificates import certificate_pdf
 from .services.lookup import normalise_number
-from .services.issuing import IMPORTED, REJECTED, SKIPPED, report_csv
+from .services.issuing import IMPORTED, REJECTED, SKIPPED, file_sha256
 
 staff_cli = AppGroup("staff", help="管理工作人员账号。")
 roster_cli = AppGroup("roster", help="导入考试合格人员名单。")
@@ -79,18 +81,52 @@ def create_staff(username: str, role: str, generate: bool) -> None:
 @click.option("--kind", type=click.Choice(list(KIND_CHOICES)), help="证书类别：证书 或 合格证明。")
 @click.option("--dry-run", is_flag=True, help="只检查并输出结果，不写入证书库。")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="逐行结果报告（CSV）的保存路径。")
-def import_roster(file: Path, exam: str | None, kind: str | None, dry_run: bool, report: Path | None) -> None:
+@click.option("--apply-changes", is_flag=True, help="更正证书编号相同、同一人但内容不同的已有记录；不加时这些行按拒绝报告并列出差异。")
+@click.option("--include-hidden", is_flag=True, help="同时导入 Excel 中隐藏或被筛选隐藏的行；不加时这些行跳过。")
+def import_roster(
+    file: Path, exam: str | None, kind: str | None, dry_run: bool, report: Path | None, apply_changes: bool,
+    include_hidden: bool,
+) -> None:
     """Import an exam-result roster (XLSX or CSV)."""
+    if report:
+        _check_output_path(report)
+    guessed_exam, guessed_kind = guess_from_filename(file.name, load_catalogue())
+    progress = _stderr_progress(file)
     try:
         plan, batch = batches.import_file(
-            file, exam=exam, kind=KIND_CHOICES.get(kind) if kind else None, actor="cli", dry_run=dry_run
+            file, exam=exam or guessed_exam, kind=KIND_CHOICES.get(kind) if kind else guessed_kind, actor="cli",
+            dry_run=dry_run, apply_changes=apply_changes, include_hidden=include_hidden, progress=progress,
         )
     except RosterFileError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(f"{error}（命令行用 --exam 指定考试项目，用 --kind 指定证书类别）") from error
 
     if report:
-        report.write_text(report_csv(plan.outcomes), encoding="utf-8")
+        body = plan.report if batch is None else batches.batch_report_csv(batch)
+        report.write_text(body, encoding="utf-8")
+    for notice in plan.notices:
+        click.echo(f"注意：{notice}", err=True)
     _echo_counts(plan, batch, dry_run)
+
+
+# Files above this size get a progress line on stderr (about 10,000 XLSX rows).
+PROGRESS_BYTES = 1 << 20
+
+
+def _stderr_progress(file: Path):
+    """Return a progress callback that rewrites one stderr line, or None for a small file."""
+    if file.stat().st_size < PROGRESS_BYTES:
+        return None
+    state = {"shown": -1}
+
+    def show(done: int, total: int | None = None, message: str | None = None) -> None:
+        step = done // 5000
+        if step == state["shown"] and message is None:
+            return
+        state["shown"] = step
+        label = message or "处理中"
+        click.echo(f"\r{label}：{done}" + (f" / {total} 行" if total else " 行"), err=True, nl=message is not None)
+
+    return show
 
 
 def _echo_counts(plan, batch, dry_run: bool) -> None:
@@ -98,9 +134,11 @@ def _echo_counts(plan, batch, dry_run: bool) -> None:
     if plan.earlier_batch_id:
         click.echo(f"该文件已于批次 #{plan.earlier_batch_id} 导入过，本次不会新增重复记录。")
     prefix = "检查完成（未写入）" if dry_run else f"导入完成，批次 #{batch.id}"
+    changed = counts.get("changed", 0)
+    corrected = f"，更正已有记录 {changed} 行" if changed else ""
     click.echo(
-        f"{prefix}：导入 {counts[IMPORTED]} 行，拒绝 {counts[REJECTED]} 行，跳过 {counts[SKIPPED]} 行。"
-        f"\nimported={counts[IMPORTED]} rejected={counts[REJECTED]} skipped={counts[SKIPPED]}"
+        f"{prefix}：导入 {counts[IMPORTED]} 行{corrected}，拒绝 {counts[REJECTED]} 行，跳过 {counts[SKIPPED]} 行。"
+        f"\nimported={counts[IMPORTED]} rejected={counts[REJECTED]} skipped={counts[SKIPPED]} changed={changed}"
     )
 
 
@@ -109,11 +147,22 @@ def _echo_counts(plan, batch, dry_run: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PDF 文件的保存路径。")
 def render_certificate(number: str, out: Path) -> None:
     """Write one certificate's PDF."""
+    _check_output_path(out)
     certificate = db.session.scalar(select(Certificate).where(Certificate.number == normalise_number(number)))
     if certificate is None:
         raise click.ClickException(f"证书编号「{number}」不存在。")
-    out.write_bytes(certificate_pdf(certificate))
+    try:
+        pdf = certificate_pdf(certificate)
+    except MissingGlyphError as error:
+        raise click.ClickException(f"{error}。请先更正姓名或安装覆盖该字符的字体。") from error
+    out.write_bytes(pdf)
     click.echo(f"已生成 {out}")
+
+
+def _check_output_path(path: Path) -> None:
+    """Reject an output path whose folder is missing, before any work is done."""
+    if not path.parent.is_dir():
+        raise click.ClickException(f"输出目录「{path.parent}」不存在，请先创建该目录或换一个路径。")
 
 
 @click.command("demo")
@@ -122,6 +171,9 @@ def demo(username: str) -> None:
     """Load the sample rosters and print a staff account (a demo; safe to run again)."""
     for filename, exam, kind in DEMO_ROSTERS:
         path = DEMO_ROSTER_DIR / filename
+        if _already_imported(path):
+            click.echo(f"{filename}：已导入过，跳过")
+            continue
         plan, batch = batches.import_file(path, exam=exam, kind=kind, actor="demo")
         counts = plan.counts
         click.echo(f"{filename}：导入 {counts[IMPORTED]}，拒绝 {counts[REJECTED]}，跳过 {counts[SKIPPED]}")
@@ -133,9 +185,28 @@ def demo(username: str) -> None:
     click.echo(f"工作人员账号：{username}  密码：{password}  （登录地址 /admin）")
 
 
+def _already_imported(path: Path) -> bool:
+    digest = file_sha256(path)
+    return db.session.scalar(
+        select(ImportBatch.id).where(ImportBatch.sha256 == digest, ImportBatch.state == "confirmed").limit(1)
+    ) is not None
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(staff_cli)
     app.cli.add_command(roster_cli)
     app.cli.add_command(certificate_cli)
     app.cli.add_command(demo)
+
+    from . import cli_ops
+
+    cli_ops.register(app)
+
+    from .cli_events import events_cli
+
+    app.cli.add_command(events_cli)
+
+    from .cli_keys import keys_cli
+
+    app.cli.add_command(keys_cli)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import secrets
 
-from flask import Flask, render_template, request
+from flask import Flask, current_app, flash, make_response, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from .web import is_htmx
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,18 @@ MESSAGES = {
 def register(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
-        message = "页面已过期或表单无效，请刷新页面后重试。"
+        logger.warning("CSRF check failed on %s %s: %s", request.method, request.path, error.description)
+        message = "页面已过期或表单校验信息无效（可能停留太久），请重新填写并提交。"
+        if is_htmx():
+            # htmx does not swap 4xx responses, so send 200 and put the message in the page's message area.
+            response = make_response(render_template("_messages.html", flash_messages=[("error", message)]))
+            response.headers["HX-Retarget"] = "#messages"
+            response.headers["HX-Reswap"] = "innerHTML"
+            return response
+        if _accepts_get(request.path):
+            # Show the same form again, empty, with the message above it.
+            flash(message, "error")
+            return redirect(request.full_path if request.query_string else request.path, 303)
         return render_template("error.html", code=400, message=message), 400
 
     @app.errorhandler(HTTPException)
@@ -39,3 +52,14 @@ def register(app: Flask) -> None:
         logger.exception("Incident %s on %s %s", incident, request.method, request.path)
         message = f"系统出现错误，请稍后再试。如需联系我们，请提供事件编号 {incident}。"
         return render_template("error.html", code=500, message=message, incident=incident), 500
+
+
+def _accepts_get(path: str) -> bool:
+    adapter = current_app.url_map.bind("localhost")
+    try:
+        adapter.match(path, method="GET")
+    except (MethodNotAllowed, NotFound):
+        return False
+    except Exception:  # a redirect match (e.g. a missing trailing slash) still serves GET
+        return True
+    return True

@@ -19,16 +19,33 @@ SECRET_KEY = {secret_key!r}
 # a new key and keep the old ones for as long as codes signed with them are in use.
 QR_TOKEN_KEYS = [{qr_key!r}]
 BASE_URL = {base_url!r}
+{id_keys}'''
+
+# ID numbers are encrypted with ID_NUMBER_KEY and looked up by an HMAC with
+# ID_HASH_KEY. Losing ID_NUMBER_KEY makes every stored ID number unreadable.
+ID_KEYS_TEMPLATE = '''# ID numbers at rest: encryption key and lookup-hash key. Back them up with the database.
+ID_NUMBER_KEY = {id_number_key!r}
+ID_HASH_KEY = {id_hash_key!r}
 '''
+
+
+def id_keys_text() -> str:
+    return ID_KEYS_TEMPLATE.format(id_number_key=secrets.token_hex(32), id_hash_key=secrets.token_hex(32))
 
 
 def write_instance_config(instance_dir: Path, base_url: str = "http://127.0.0.1:5000") -> bool:
     """Create config.py in `instance_dir` unless it exists; return whether it was written."""
     target = instance_dir / "config.py"
     if target.exists():
+        # A config.py from before ID numbers were encrypted gets the two keys appended.
+        text = target.read_text(encoding="utf-8")
+        if "ID_NUMBER_KEY" not in text:
+            target.write_text(text.rstrip("\n") + "\n" + id_keys_text(), encoding="utf-8")
         return False
     instance_dir.mkdir(parents=True, exist_ok=True)
-    text = TEMPLATE.format(secret_key=secrets.token_hex(32), qr_key=secrets.token_hex(32), base_url=base_url)
+    text = TEMPLATE.format(
+        secret_key=secrets.token_hex(32), qr_key=secrets.token_hex(32), base_url=base_url, id_keys=id_keys_text()
+    )
     target.write_text(text, encoding="utf-8")
     target.chmod(0o600)
     return True

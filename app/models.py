@@ -6,11 +6,13 @@ import secrets
 from datetime import date, datetime, timezone
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, CheckConstraint, Date, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import JSON, event, CheckConstraint, Date, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
+from .id_numbers import EncryptedIdNumber, hash_default, id_hash
 
 STATUS_VALID = "valid"
 STATUS_REVOKED = "revoked"
@@ -90,6 +92,10 @@ class StaffUser(UserMixin, db.Model):
     role: Mapped[str] = mapped_column(String(20))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Base32 TOTP secret; NULL until the second factor is enrolled at the first login.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Bumped by logout and password changes; sessions carrying an older value are ended.
+    session_version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'operator', 'auditor')", name="role"),)
 
@@ -113,13 +119,17 @@ class Holder(UserMixin, db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50))
     id_type: Mapped[str] = mapped_column(String(20))
-    id_number: Mapped[str] = mapped_column(String(32))
+    # Encrypted at rest (ID_NUMBER_KEY); look holders up by id_number_hash, never by this column.
+    id_number: Mapped[str] = mapped_column(EncryptedIdNumber)
+    id_number_hash: Mapped[str] = mapped_column(String(64), index=True, default=hash_default)  # HMAC, ID_HASH_KEY
     phone: Mapped[str] = mapped_column(String(20), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     consented_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # privacy notice accepted
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Bumped by logout and password changes; sessions carrying an older value are ended.
+    session_version: Mapped[int] = mapped_column(default=1, server_default="1")
 
-    __table_args__ = (UniqueConstraint("id_type", "id_number"),)
+    __table_args__ = (UniqueConstraint("id_type", "id_number_hash"),)
 
     is_staff = False
 
@@ -147,9 +157,47 @@ class ImportBatch(db.Model):
     imported_count: Mapped[int] = mapped_column(default=0)
     rejected_count: Mapped[int] = mapped_column(default=0)
     skipped_count: Mapped[int] = mapped_column(default=0)
-    report_csv: Mapped[str | None] = mapped_column(Text)
+    report_csv: Mapped[str | None] = mapped_column(Text)  # batches confirmed before batch_row existed
+    # Rows that would change an existing record of the same person; applied only when staff tick them.
+    changed_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    applied_count: Mapped[int] = mapped_column(default=0, server_default="0")  # changes applied at confirm
+    hidden_count: Mapped[int] = mapped_column(default=0, server_default="0")  # rows hidden or filtered in Excel
+    include_hidden: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    header: Mapped[list | None] = mapped_column(JSON)  # header cells as written, for the rejected-rows workbook
+    notices: Mapped[list | None] = mapped_column(JSON)  # file-level warnings such as hidden worksheets
+    previewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # set when batch_row is filled
+    discarded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))  # latest preview/confirm job
 
     __table_args__ = (CheckConstraint("state IN ('preview', 'confirmed', 'discarded')", name="state"),)
+
+
+class BatchRow(db.Model):
+    """One spreadsheet row of a batch's preview: its outcome and what confirming does with it.
+
+    Outcomes are those of `roster.py` plus "changed": the row's certificate
+    number belongs to a stored record of the same person with other content.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("import_batch.id", ondelete="CASCADE"))
+    row: Mapped[int] = mapped_column()  # spreadsheet row number
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    hidden: Mapped[str] = mapped_column(String(10), default="")  # "", "hidden" or "filtered"
+    number: Mapped[str | None] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(50))
+    record: Mapped[dict | None] = mapped_column(JSON)  # RecordData, dates as ISO text; imported and changed rows
+    cells: Mapped[list | None] = mapped_column(JSON)  # raw cells of a rejected row, for the rejected-rows workbook
+    changes: Mapped[dict | None] = mapped_column(JSON)  # field -> [stored, new] for a changed row
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificate.id", ondelete="SET NULL"))
+    applied: Mapped[bool] = mapped_column(default=False)  # a changed row that confirm applied
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('imported', 'rejected', 'skipped', 'changed')", name="outcome"),
+        UniqueConstraint("batch_id", "row"),
+        Index("ix_batch_row_batch_outcome", "batch_id", "outcome", "row"),
+    )
 
 
 class Certificate(db.Model):
@@ -164,13 +212,16 @@ class Certificate(db.Model):
     name: Mapped[str] = mapped_column(String(50), index=True)
     gender: Mapped[str] = mapped_column(String(2))
     id_type: Mapped[str] = mapped_column(String(20))
-    id_number: Mapped[str] = mapped_column(String(32))
+    # Encrypted at rest (ID_NUMBER_KEY); equality lookups use id_number_hash.
+    id_number: Mapped[str] = mapped_column(EncryptedIdNumber)
+    id_number_hash: Mapped[str] = mapped_column(String(64), default=hash_default)  # HMAC, ID_HASH_KEY
     birth_month: Mapped[date] = mapped_column(Date)  # first day of the month
     approval_date: Mapped[date] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(20), default=STATUS_VALID)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoke_reason: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(default=1)  # bumped by each correction
+    corrected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # latest correction
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batch.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -183,7 +234,7 @@ class Certificate(db.Model):
         CheckConstraint("kind IN ('certificate', 'pass')", name="kind"),
         CheckConstraint("status IN ('valid', 'revoked')", name="status"),
         CheckConstraint("gender IN ('男', '女')", name="gender"),
-        Index("ix_certificate_holder", "id_number", "name"),
+        Index("ix_certificate_holder", "id_number_hash", "name"),
     )
 
 
@@ -215,3 +266,88 @@ class AuditEntry(db.Model):
     action: Mapped[str] = mapped_column(String(50))
     target: Mapped[str | None] = mapped_column(String(100))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Field values of the target before and after a change; NULL for actions that change no record.
+    before: Mapped[dict | None] = mapped_column(JSON)
+    after: Mapped[dict | None] = mapped_column(JSON)
+
+
+class CertificateVersion(db.Model):
+    """A certificate's fields as they were before a correction replaced them."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificate.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column()  # the Certificate.version these fields belonged to
+    # Snapshot of the correctable fields, dates as ISO strings (see services.records.snapshot),
+    # without the ID number, which is kept encrypted in its own column.
+    fields: Mapped[dict] = mapped_column(JSON)
+    id_number: Mapped[str] = mapped_column(EncryptedIdNumber)
+    corrected_by: Mapped[str] = mapped_column(String(50))
+    corrected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("certificate_id", "version"),)
+
+    @validates("fields")
+    def _move_id_number(self, _key: str, fields: dict) -> dict:
+        # Callers may pass a whole snapshot; its ID number goes to the encrypted column, never into JSON.
+        if "id_number" in fields:
+            fields = dict(fields)
+            self.id_number = fields.pop("id_number")
+        return fields
+
+
+class LookupEvent(db.Model):
+    """One public lookup, counted for statistics. It holds no personal data and no address."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # local date (BABEL_DEFAULT_TIMEZONE) of `at`
+    channel: Mapped[str] = mapped_column(String(10))
+    result: Mapped[str] = mapped_column(String(10))
+
+    __table_args__ = (
+        CheckConstraint("channel IN ('form', 'qr', 'api', 'file')", name="channel"),
+        CheckConstraint("result IN ('valid', 'revoked', 'not_found')", name="result"),
+    )
+
+
+class DownloadEvent(db.Model):
+    """One PDF download by a holder, counted for statistics."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # local date (BABEL_DEFAULT_TIMEZONE) of `at`
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificate.id", ondelete="CASCADE"), index=True)
+
+
+class LoginThrottle(db.Model):
+    """Failed logins counted per account or per address, and the lock they lead to.
+
+    `key` is an HMAC of "account:<kind>:<login>" or "address:<ip>", so the table
+    holds no ID number or address in clear.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PasswordResetCode(db.Model):
+    """A one-time code sent to a holder's mobile number to set a new password."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holder.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 of the code, never the code
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(default=0)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@event.listens_for(Holder.id_number, "set")
+@event.listens_for(Certificate.id_number, "set")
+def _keep_id_number_hash(target, value, _old, _initiator) -> None:
+    """Recompute the lookup hash whenever an ID number is assigned through the ORM."""
+    target.id_number_hash = id_hash(value) if value is not None else None

@@ -11,22 +11,43 @@ import os
 import re
 from pathlib import Path
 
+import pyotp
 import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
 from app import create_app
 from app.extensions import db
-from app.models import AuditEntry, Certificate, Holder, ImportBatch, Job, StaffUser
+from app.services import events
+from app.services.certificates import ensure_demo_keys
+from app.models import (
+    AuditEntry,
+    BatchRow,
+    Certificate,
+    CertificateVersion,
+    DownloadEvent,
+    Holder,
+    ImportBatch,
+    Job,
+    LoginThrottle,
+    LookupEvent,
+    PasswordResetCode,
+    StaffUser,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 ROSTER_DIR = DATA_DIR / "rosters"
 QR_KEY = "test-qr-key-0123456789"
 STAFF_PASSWORD = "Str0ng!Passw0rd"
 HOLDER_PASSWORD = "holder-pass-2024"
+# Every staff account made by make_staff has this TOTP secret already enrolled.
+STAFF_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 # Rows written by tests; the catalogue the migration seeded stays.
-RECORD_TABLES = [Certificate, ImportBatch, AuditEntry, Holder, StaffUser, Job]
+RECORD_TABLES = [
+    BatchRow, CertificateVersion, DownloadEvent, LookupEvent, Certificate, ImportBatch, AuditEntry, Holder, StaffUser, Job
+]
+RECORD_TABLES = [LoginThrottle, PasswordResetCode, *RECORD_TABLES]
 
 
 def _database_url(instance: Path) -> str:
@@ -62,11 +83,12 @@ def app(tmp_path_factory):
             "SQLALCHEMY_DATABASE_URI": url,
             "BASE_URL": "http://127.0.0.1:5000",
             "RATELIMIT_ENABLED": False,
+            "LOOKUP_CAPTCHA_ENABLED": False,
         }
     )
     with app.app_context():
-        # Several branches may be open while features land; apply every head.
-        upgrade(revision="heads")
+        upgrade()
+        ensure_demo_keys()  # signs every PDF the tests render
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -80,9 +102,35 @@ def _empty_records(request):
     app = request.getfixturevalue("app")
     with app.app_context():
         db.session.rollback()
+        events.flush_lookups()  # so no buffered lookup of this test lands in the next one
         for model in RECORD_TABLES:
-            db.session.execute(sa.delete(model))
+            if model is AuditEntry:
+                _delete_audit_entries()
+            else:
+                db.session.execute(sa.delete(model))
         db.session.commit()
+
+
+def _delete_audit_entries() -> None:
+    """Empty audit_entry past its append-only triggers, which stay in force for every other statement.
+
+    The triggers are lifted only inside the cleanup transaction: PostgreSQL
+    disables them under ALTER TABLE's exclusive lock, and SQLite drops and
+    recreates them from their stored SQL. Either way the commit restores them.
+    """
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(sa.text("ALTER TABLE audit_entry DISABLE TRIGGER USER"))
+        db.session.execute(sa.delete(AuditEntry))
+        db.session.execute(sa.text("ALTER TABLE audit_entry ENABLE TRIGGER USER"))
+        return
+    triggers = db.session.execute(
+        sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_entry'")
+    ).all()
+    for name, _sql in triggers:
+        db.session.execute(sa.text(f'DROP TRIGGER "{name}"'))
+    db.session.execute(sa.delete(AuditEntry))
+    for _name, sql in triggers:
+        db.session.execute(sa.text(sql))
 
 
 @pytest.fixture
@@ -129,7 +177,7 @@ def make_staff(app):
 
     def _make(username: str = "operator1", role: str = "admin") -> str:
         with app.app_context():
-            accounts.create_staff(username, role, STAFF_PASSWORD, actor="test")
+            accounts.create_staff(username, role, STAFF_PASSWORD, actor="test", totp_secret=STAFF_TOTP_SECRET)
         return username
 
     return _make
@@ -143,4 +191,33 @@ def staff_client(client, make_staff):
         "/admin/login", data={"username": username, "password": STAFF_PASSWORD, "csrf_token": csrf_token(page)}
     )
     assert response.status_code == 303
+    page = client.get("/admin/login/totp").get_data(as_text=True)
+    code = pyotp.TOTP(STAFF_TOTP_SECRET).now()
+    response = client.post("/admin/login/totp", data={"code": code, "csrf_token": csrf_token(page)})
+    assert response.status_code == 303
     return client
+
+
+@pytest.fixture
+def login_staff(app, make_staff):
+    """Return a callable that creates a staff account with `role` and returns a new client logged in as it.
+
+    It logs in the way `staff_client` does. TOTP codes cannot be replayed, so
+    each account logs in once.
+    """
+
+    def _login(username: str, role: str):
+        make_staff(username, role)
+        client = app.test_client()
+        page = client.get("/admin/login").get_data(as_text=True)
+        response = client.post(
+            "/admin/login", data={"username": username, "password": STAFF_PASSWORD, "csrf_token": csrf_token(page)}
+        )
+        assert response.status_code == 303
+        page = client.get("/admin/login/totp").get_data(as_text=True)
+        code = pyotp.TOTP(STAFF_TOTP_SECRET).now()
+        response = client.post("/admin/login/totp", data={"code": code, "csrf_token": csrf_token(page)})
+        assert response.status_code == 303
+        return client
+
+    return _login

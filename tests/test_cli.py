@@ -197,3 +197,29 @@ def test_certificate_render_unknown_number(runner, tmp_path):
 
     assert result.exit_code != 0
     assert "不存在" in result.output
+
+
+def test_header_only_file_exits_nonzero(runner, tmp_path):
+    path = tmp_path / "header-only.csv"
+    path.write_text("序号,姓名,性别,身份证号,出生年月,专业,批准日期,编号\n", encoding="utf-8")
+
+    result = runner.invoke(args=["roster", "import", str(path), "--exam", "二级造价工程师", "--kind", "证书"])
+
+    assert result.exit_code != 0
+    assert "没有任何数据行" in result.output
+
+
+def test_report_path_in_missing_folder_is_refused(runner, tmp_path):
+    result = runner.invoke(
+        args=["roster", "import", str(FAULTY), "--exam", "二级建造师", "--kind", "证书", "--report", str(tmp_path / "no" / "r.csv")]
+    )
+
+    assert result.exit_code != 0
+    assert "不存在" in result.output
+
+
+def test_import_guesses_exam_from_filename(runner):
+    result = runner.invoke(args=["roster", "import", str(ROSTER_DIR / "2024年度初级注册安全工程师考试合格人员.xlsx"), "--kind", "证书"])
+
+    assert result.exit_code == 0, result.output
+    assert "imported=600" in result.output

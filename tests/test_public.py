@@ -197,3 +197,47 @@ def test_pdf_qr_leads_to_valid_page(app, client, loaded):
     html = client.get(url.removeprefix("http://127.0.0.1:5000")).get_data(as_text=True)
     assert "有效" in html
     assert NUMBER in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+
+
+@pytest.mark.parametrize(
+    "number, name",
+    [
+        ("20242300\u200b0001", NAME),
+        (NUMBER, "杨\u00ad宇"),
+        (NUMBER, "杨\u200b宇"),
+        (NUMBER + "\u00ad", NAME),
+    ],
+    ids=["zero-width-in-number", "soft-hyphen-in-name", "zero-width-in-name", "soft-hyphen-in-number"],
+)
+def test_verify_ignores_invisible_characters(client, loaded, number, name):
+    body = client.get("/api/v1/verify", query_string={"number": number, "name": name}).get_json()
+
+    assert body["result"] == "valid"
+
+
+def test_verify_folds_kangxi_radicals(client, import_roster):
+    import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+
+    body = client.get("/api/v1/verify", query_string={"number": "202421000001", "name": "⽥娟"}).get_json()
+
+    assert body["result"] == "valid"
+
+
+def test_verify_latin_name_ignores_case(client, import_roster):
+    import_roster("二级建造师_问题数据样例.xlsx", "二级建造师", "certificate")
+
+    body = client.get("/api/v1/verify", query_string={"number": "202421900019", "name": "smith john"}).get_json()
+
+    assert body["result"] == "valid"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"number": NUMBER + "\x00", "name": NAME}, {"number": NUMBER, "name": "杨\x00宇"}],
+    ids=["nul-in-number", "nul-in-name"],
+)
+def test_verify_nul_byte_is_not_found(client, loaded, query):
+    response = client.get("/api/v1/verify", query_string=query)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"result": "not_found", "certificate": None}

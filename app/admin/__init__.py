@@ -11,8 +11,10 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from flask import Blueprint, abort, current_app, redirect, request, url_for
+from flask import Blueprint, abort, current_app, make_response, redirect, request, url_for
 from flask_login import current_user
+
+from ..web import hx_redirect, is_htmx
 
 bp = Blueprint("admin", __name__)
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ WRITE_ROLES = frozenset({ROLE_ADMIN, ROLE_OPERATOR})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Endpoints reachable without a staff session.
-PUBLIC_ENDPOINTS = {"admin.login"}
+PUBLIC_ENDPOINTS = {"admin.login", "admin.login_totp"}
 
 View = TypeVar("View", bound=Callable)
 
@@ -36,8 +38,16 @@ def admin_only(view: View) -> View:
     return view
 
 
+def any_staff(view: View) -> View:
+    """Mark a view every staff role may call with any method: it acts on the caller's own session or account."""
+    view.any_staff = True  # type: ignore[attr-defined]
+    return view
+
+
 def allowed(role: str, method: str, view: Callable | None) -> bool:
     """Decide whether a staff member with `role` may call `view` with `method`."""
+    if getattr(view, "any_staff", False):
+        return role in ROLES
     if getattr(view, "admin_only", False):
         return role == ROLE_ADMIN
     if method in SAFE_METHODS:
@@ -50,7 +60,11 @@ def require_staff():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if not current_user.is_authenticated or not getattr(current_user, "is_staff", False):
-        return redirect(url_for("admin.login", next=request.full_path), 303)
+        target = url_for("admin.login", next=request.full_path if request.method == "GET" else None)
+        if is_htmx():
+            # A login form swapped into a fragment would be unusable: htmx loads the whole page instead.
+            return hx_redirect(make_response("", 401), target)
+        return redirect(target, 303)
 
     view = current_app.view_functions.get(request.endpoint or "")
     if not allowed(current_user.role, request.method, view):
@@ -59,4 +73,6 @@ def require_staff():
     return None
 
 
-from . import routes  # noqa: E402,F401
+from . import auth, routes  # noqa: E402,F401
+from . import audit, catalogue, records, staff, stats  # noqa: E402,F401
+from . import documents  # noqa: E402,F401

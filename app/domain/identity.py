@@ -107,8 +107,10 @@ def clean_id_number(text: str) -> str:
     invisible format characters and the leading apostrophe that Excel users
     type to keep a number as text are removed.
     """
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
+    if not (text.isascii() and text.isalnum()):
+        # The slow path, for the few cells with full-width, space or invisible characters.
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
     return text.removeprefix("'").upper()
 
 

@@ -5,10 +5,19 @@ without a database. An imported row is accepted for import, and the issuing
 layer may still skip or reject it against stored records. A rejected row
 carries a Chinese reason naming the field, the value and the fix. Blank rows,
 footer lines, repeated headers and exact duplicates are skipped.
+
+Rows hidden in Excel, by hand or by an AutoFilter, are judged like any other
+row but, unless the caller passes `include_hidden`, a hidden row that would
+be imported is skipped with a reason saying so. Staff hide or filter out rows
+they mean to leave aside (withdrawn candidates, rows for another office), so
+importing what nobody sees on screen would surprise them; dropping such rows
+silently would lose records, so the preview shows them with a warning and
+staff tick 包括隐藏行 to import them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -21,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .catalogue import KIND_CERTIFICATE, KIND_LABELS, KIND_PASS, Catalogue, Exam
+from .fonts import missing_glyphs
 from .identity import (
     IdentityError,
     check_character,
@@ -45,6 +55,9 @@ from .roster_read import (
     NUMBER,
     SPECIALTY,
     Cell,
+    ROW_FILTERED,
+    ROW_HIDDEN,
+    FormulaText,
     Header,
     RosterFileError,
     RosterTable,
@@ -56,6 +69,7 @@ from .roster_read import (
 
 __all__ = [
     "IMPORTED",
+    "OutcomeStream",
     "REJECTED",
     "SKIPPED",
     "FieldError",
@@ -117,7 +131,9 @@ _NAME_SEPARATORS = str.maketrans(dict.fromkeys(
     "\u00b7",
 ))
 _FULLWIDTH_ASCII = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+# Kangxi radicals (U+2F00-U+2FD5) look like ordinary characters (⽥ for 田); fold them to those.
+_KANGXI_RADICALS = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0x2F00, 0x2FD6)}
 _MARKUP = frozenset("<>&\"'`")
 _NAME_PUNCTUATION = frozenset("·.- ")
 
@@ -156,6 +172,32 @@ class RowOutcome:
     outcome: str  # IMPORTED (accepted for import), REJECTED or SKIPPED
     reason: str  # Chinese, for staff; empty for an imported row
     record: RecordData | None = None  # set only when outcome is IMPORTED
+    hidden: str = ""  # "", ROW_HIDDEN or ROW_FILTERED
+    cells: tuple[Cell, ...] | None = None  # the raw cells, set for every row that is not skipped
+
+
+HIDDEN_LABELS = {ROW_HIDDEN: "隐藏行", ROW_FILTERED: "被筛选隐藏的行"}
+
+
+class OutcomeStream:
+    """An iterator of one `RowOutcome` per row, with the header and file-level notices."""
+
+    def __init__(self, table: RosterTable, outcomes: Iterator[RowOutcome]) -> None:
+        self.header = table.header
+        self.notices = table.notices
+        self.total = table.total  # rows below the header, None when unknown before reading (CSV)
+        self._outcomes = outcomes
+
+    def __iter__(self) -> OutcomeStream:
+        return self
+
+    def __next__(self) -> RowOutcome:
+        return next(self._outcomes)
+
+    def close(self) -> None:
+        close = getattr(self._outcomes, "close", None)
+        if close is not None:
+            close()
 
 
 class FieldError(ValueError):
@@ -177,8 +219,9 @@ def iter_outcomes(
     kind: str | None = None,
     filename: str | None = None,
     today: date | None = None,
-) -> Iterator[RowOutcome]:
-    """Open a roster and return a generator of one outcome per row below the header.
+    include_hidden: bool = False,
+) -> OutcomeStream:
+    """Open a roster and return an iterator of one outcome per row below the header.
 
     The file, its header and the exam and kind choice are checked before
     this returns, so RosterFileError comes from the call itself. A workbook
@@ -193,11 +236,12 @@ def iter_outcomes(
             exam=_default_exam(table.header, catalogue, exam),
             kind=_default_kind(table.header, kind),
             today=today or date.today(),
+            include_hidden=include_hidden,
         )
     except RosterFileError:
         table.close()
         raise
-    return _outcomes(table, context, filename or Path(path).name)
+    return OutcomeStream(table, _outcomes(table, context, filename or Path(path).name))
 
 
 def check_roster(
@@ -241,6 +285,7 @@ class _RowContext:
     exam: Exam | None  # the caller's choice, used where the row names none
     kind: str | None
     today: date
+    include_hidden: bool = False
     _exams: dict[str, Exam] = field(default_factory=dict)
     _specialties: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -297,8 +342,8 @@ def _default_kind(header: Header, kind: str | None) -> str | None:
 
 def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> Iterator[RowOutcome]:
     counts: Counter[str] = Counter()
-    # Certificate number -> (row, record) of the first accepted row using it.
-    seen: dict[str, tuple[int, RecordData]] = {}
+    # Certificate number -> (row, name, ID number, record hash) of the first accepted row using it.
+    seen: dict[str, tuple[int, str, str, int]] = {}
     with table:
         for row in table.rows():
             outcome = _judge_row(row, context, seen)
@@ -310,15 +355,29 @@ def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> It
     )
 
 
-def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, RecordData]]) -> RowOutcome:
+def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, str, str, int]]) -> RowOutcome:
     skip_reason = _skip_reason(row, context.header)
     if skip_reason:
-        return RowOutcome(row.row, SKIPPED, skip_reason)
+        return RowOutcome(row.row, SKIPPED, skip_reason, hidden=row.hidden)
     errors: list[str] = []
     record = _parse_record(row, context, errors)
     if record is None:
-        return RowOutcome(row.row, REJECTED, "；".join(errors))
-    return _check_duplicate(row.row, record, seen)
+        reason = "；".join(errors)
+        if row.hidden:
+            reason = f"（{HIDDEN_LABELS[row.hidden]}）{reason}"
+        return RowOutcome(row.row, REJECTED, reason, hidden=row.hidden, cells=row.cells)
+    if row.hidden and not context.include_hidden:
+        # Not recorded in `seen`, so a visible row with the same number is judged on its own.
+        label = HIDDEN_LABELS[row.hidden]
+        return RowOutcome(
+            row.row, SKIPPED,
+            f"第 {row.row} 行是 Excel 中的{label}，内容检查通过但未导入；如需导入，请勾选“包括隐藏行”后重新预览",
+            hidden=row.hidden,
+        )  # fmt: skip
+    outcome = _check_duplicate(row.row, record, seen)
+    if outcome.outcome == REJECTED:
+        return RowOutcome(outcome.row, REJECTED, outcome.reason, hidden=row.hidden, cells=row.cells)
+    return RowOutcome(outcome.row, outcome.outcome, outcome.reason, outcome.record, row.hidden, row.cells)
 
 
 def _skip_reason(row: SheetRow, header: Header) -> str:
@@ -354,16 +413,17 @@ def _is_repeated_header(row: SheetRow, header: Header) -> bool:
     return matches >= MIN_HEADER_FIELDS
 
 
-def _check_duplicate(row: int, record: RecordData, seen: dict[str, tuple[int, RecordData]]) -> RowOutcome:
+def _check_duplicate(row: int, record: RecordData, seen: dict[str, tuple[int, str, str, int]]) -> RowOutcome:
+    # Only a hash of the earlier record is kept, so 100,000 rows do not hold 100,000 records in memory.
     earlier = seen.get(record.number)
     if earlier is None:
-        seen[record.number] = (row, record)
+        seen[record.number] = (row, record.name, record.id_number, hash(record))
         return RowOutcome(row, IMPORTED, "", record)
-    first_row, first = earlier
-    if first == record:
+    first_row, first_name, first_id_number, first_hash = earlier
+    if first_hash == hash(record):
         return RowOutcome(row, SKIPPED, f"与第 {first_row} 行完全相同，已跳过")
-    if (first.id_number, first.name) != (record.id_number, record.name):
-        reason = f"证书编号「{record.number}」已在第 {first_row} 行用于另一人（{first.name}），请核对证书编号"
+    if (first_id_number, first_name) != (record.id_number, record.name):
+        reason = f"证书编号「{record.number}」已在第 {first_row} 行用于另一人（{first_name}），请核对证书编号"
     else:
         reason = (
             f"证书编号「{record.number}」已在第 {first_row} 行使用，两行的专业、日期等内容不同，"
@@ -389,6 +449,8 @@ def _parse_record(row: SheetRow, context: _RowContext, errors: list[str]) -> Rec
         return row.cell(context.header.columns.get(key))
 
     name = _attempt(errors, parse_name, cell(NAME))
+    if name is not None:
+        _attempt(errors, check_printable, name)
     identity = _attempt(errors, parse_identity, cell(ID_TYPE), cell(ID_NUMBER), cell(GENDER),
                         cell(BIRTH_MONTH), context.today)
     exam = _attempt(errors, _row_exam, cell(EXAM), context)
@@ -546,6 +608,11 @@ def cell_text(key: str, value: Cell) -> str:
     label = FIELD_LABELS[key]
     if value is None:
         return ""
+    if isinstance(value, FormulaText) and not value.cached:
+        raise FieldError(
+            f"{label}（单元格 {value.ref}）是 Excel 公式「{_shown(value)}」，文件中没有保存它的计算结果；"
+            "请在 Excel 中复制该列并“选择性粘贴为数值”后重新上传"
+        )
     if isinstance(value, str):
         if value.lstrip().startswith("="):
             raise _formula_error(label, value)
@@ -591,7 +658,7 @@ def normalise_name(raw: str) -> str:
 
     Lookup forms use this too, so a name typed there matches the stored one.
     """
-    text = raw.translate(_ZERO_WIDTH).translate(_FULLWIDTH_ASCII).translate(_NAME_SEPARATORS)
+    text = raw.translate(_ZERO_WIDTH).translate(_FULLWIDTH_ASCII).translate(_NAME_SEPARATORS).translate(_KANGXI_RADICALS)
     parts = text.split()
     name = parts[0] if parts else ""
     for part in parts[1:]:
@@ -617,6 +684,26 @@ def _check_name(name: str) -> None:
     other = sorted({c for c in name if c not in _NAME_PUNCTUATION and unicodedata.category(c)[0] not in "LM"})
     if other:
         raise FieldError(f"姓名「{shown}」含有不允许的字符「{''.join(other)}」，姓名只能包含文字、间隔号·、空格、点和连字符")
+
+
+@functools.lru_cache(maxsize=65536)
+def _uncovered(char: str) -> bool:
+    # Cached per character: a roster repeats a few thousand characters across 100,000 names.
+    return bool(missing_glyphs(char))
+
+
+def check_printable(name: str) -> None:
+    """Raise FieldError when no shipped font has a glyph for a character of `name`.
+
+    Such a certificate could never be rendered, so the row is rejected.
+    """
+    missing = [char for char in dict.fromkeys(name) if _uncovered(char)]
+    if missing:
+        shown = "、".join(f"「{char}」（U+{ord(char):04X}）" for char in missing)
+        raise FieldError(
+            f"姓名「{_shown(name)}」中的字符{shown}没有可用的字体，证书无法显示；"
+            "请核对是否录入了生僻字的异体或错字，必要时联系系统管理员添加字体"
+        )
 
 
 def parse_gender(value: Cell) -> str | None:

@@ -1,8 +1,13 @@
 """Reading roster files (XLSX or CSV) into numbered rows under a recognised header.
 
 This module only reads: it finds the header row, maps its column names to
-fields and yields raw cell values. `roster.py` validates the values, so a
-different reader (python-calamine, say) only has to produce `SheetRow`s.
+fields and yields raw cell values. `roster.py` validates the values.
+
+XLSX cell values come from python-calamine, which is about ten times faster
+than openpyxl's read-only mode on 100,000 rows. Calamine does not report
+hidden rows, AutoFilter ranges or which cells hold formulas (it returns a
+formula's cached value, or '' when none was saved), so `sheet_scan` reads
+those from the sheet XML in one streaming regex pass.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, Protocol
 
-from openpyxl import load_workbook
-from openpyxl.utils.exceptions import InvalidFileException
+from python_calamine import CalamineError, CalamineWorkbook, SheetVisibleEnum
+
+from .sheet_scan import FormulaText, SheetFlags, WorkbookSheet, scan_sheet, workbook_sheets
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +105,11 @@ _CHUNK_BYTES = 1 << 16
 
 _SAVE_AS_XLSX = "请在 Excel 中打开后“另存为”Excel 工作簿（.xlsx）或 CSV 再上传"
 
-# openpyxl and zipfile raise all of these on damaged workbooks.
+# python-calamine and zipfile raise all of these on damaged workbooks.
 _XLSX_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
-    InvalidFileException,
+    CalamineError,
     KeyError,
     ValueError,
     TypeError,
@@ -112,9 +118,12 @@ _XLSX_ERRORS = (
     SyntaxError,
 )
 
-# A cell value: str, int, float, bool, datetime, date, time, None, or an
-# openpyxl formula object for array and data-table formulas.
+# A cell value: str (a `FormulaText` for a formula cell), int, float, bool,
+# datetime, date, time or None.
 Cell = object
+
+ROW_HIDDEN = "hidden"  # hidden by hand (right-click, Hide)
+ROW_FILTERED = "filtered"  # hidden because an AutoFilter excludes it
 
 
 class RosterFileError(Exception):
@@ -130,12 +139,14 @@ class Header:
     row: int  # spreadsheet row number of the header
     columns: dict[str, int]  # field key -> 0-based column index
     keys: tuple[str, ...]  # normalised text of every header cell, for spotting repeated headers
+    labels: tuple[str, ...] = ()  # every header cell as written, for the rejected-rows workbook
 
 
 @dataclass(frozen=True)
 class SheetRow:
     row: int  # spreadsheet row number, 1-based
     cells: tuple[Cell, ...]
+    hidden: str = ""  # "", ROW_HIDDEN or ROW_FILTERED
 
     def cell(self, index: int | None) -> Cell:
         """Return the cell at `index`, or None past the row's end or for a missing column."""
@@ -162,10 +173,21 @@ class RosterTable:
     while its rows are read.
     """
 
-    def __init__(self, header: Header, rows: Generator[SheetRow, None, None], resources: list[Closable]) -> None:
+    def __init__(
+        self,
+        header: Header,
+        rows: Generator[SheetRow, None, None],
+        resources: list[Closable],
+        notices: tuple[str, ...] = (),
+        total: int | None = None,
+    ) -> None:
         self.header = header
+        # Rows below the header as the sheet's used range counts them, for progress bars.
+        self.total = None if total is None else max(total - header.row, 0)
         self._rows = rows
         self._resources = resources
+        # File-level warnings for staff, such as hidden worksheets.
+        self.notices = notices
 
     def rows(self) -> Iterator[SheetRow]:
         """Yield the rows below the header; raise RosterFileError if the file breaks mid-way."""
@@ -253,49 +275,125 @@ def _expect_text(is_zip: bool, display_name: str) -> str:
 
 
 def _open_xlsx(path: Path, display_name: str) -> RosterTable:
-    # A stream, because openpyxl refuses a path whose extension it does not know
-    # (an uploaded temporary file), and the extension was checked already.
-    stream = path.open("rb")
+    from .upload_checks import check_workbook_archive  # imported here: it uses RosterFileError from this module
+
+    check_workbook_archive(path, display_name)  # ZIP bombs and macros, before any XML is parsed
     try:
-        workbook = _load_workbook(stream, display_name)
+        sheets = workbook_sheets(path)
+        workbook = CalamineWorkbook.from_path(str(path))
+    except _XLSX_ERRORS as error:
+        logger.warning("Cannot open workbook %s: %s", display_name, type(error).__name__)
+        raise _damaged(display_name) from error
+    resources: list[Closable] = [workbook]
+    try:
+        visibility = {meta.name: meta.visible for meta in workbook.sheets_metadata}
+        for index, name in enumerate(workbook.sheet_names):
+            sheet = _load_sheet(workbook, index, display_name)
+            sheet_rows = _sheet_rows(sheet, display_name)
+            try:
+                found = _find_header(sheet_rows)
+            except BaseException:
+                sheet_rows.close()
+                raise
+            if found is None:
+                sheet_rows.close()
+                continue
+            flags = _scan(path, sheets, name, display_name)
+            rows = _flagged_rows(sheet_rows, flags)
+            notices = _sheet_notices(name, visibility, display_name)
+            height = sheet.end[0] + 1 if sheet.end else 0
+            return RosterTable(found, rows, resources, notices, total=height)
     except BaseException:
-        stream.close()
+        _close_all(resources)
         raise
-    resources: list[Closable] = [workbook, stream]
-    for sheet in workbook.worksheets:
-        sheet_rows = _sheet_rows(sheet, display_name)
-        try:
-            found = _find_header(sheet_rows)
-        except BaseException:
-            _close_all([sheet_rows, *resources])
-            raise
-        if found is not None:
-            return RosterTable(found, sheet_rows, resources)
-        sheet_rows.close()
     _close_all(resources)
     raise _no_header(display_name)
 
 
-def _load_workbook(stream: BinaryIO, display_name: str) -> Any:
+def _scan(path: Path, sheets: list[WorkbookSheet], name: str, display_name: str) -> SheetFlags:
+    sheet = next((sheet for sheet in sheets if sheet.name == name), None)
+    if sheet is None:
+        raise _damaged(display_name)
     try:
-        # data_only=False keeps formulas as "=..." text, so roster.py can reject them.
-        return load_workbook(stream, read_only=True, data_only=False)
+        return scan_sheet(path, sheet.part)
     except _XLSX_ERRORS as error:
-        logger.warning("Cannot open workbook %s: %s", display_name, type(error).__name__)
+        logger.warning("Cannot scan sheet XML of %s: %s", display_name, type(error).__name__)
+        raise _damaged(display_name) from error
+
+
+def _sheet_notices(name: str, visibility: dict[str, Any], display_name: str) -> tuple[str, ...]:
+    notices = []
+    if visibility.get(name, SheetVisibleEnum.Visible) != SheetVisibleEnum.Visible:
+        notices.append(
+            f"名单读取自隐藏的工作表「{name}」，在 Excel 中看不到这张表；请核对这是否就是要导入的名单"
+        )
+    for other, visible in visibility.items():
+        if other != name and visible != SheetVisibleEnum.Visible:
+            notices.append(
+                f"文件「{display_name}」中有隐藏的工作表「{other}」，其中的内容不会导入；"
+                "如需导入，请在 Excel 中取消隐藏并把这些行复制到名单所在的工作表"
+            )
+    return tuple(notices)
+
+
+def _load_sheet(workbook: Any, index: int, display_name: str) -> Any:
+    try:
+        return workbook.get_sheet_by_index(index)
+    except _XLSX_ERRORS as error:
+        logger.warning("Cannot read sheet %s of %s: %s", index, display_name, type(error).__name__)
         raise _damaged(display_name) from error
 
 
 def _sheet_rows(sheet: Any, display_name: str) -> Generator[SheetRow, None, None]:
-    # Some generators write a wrong <dimension>; read-only mode would cut rows to it.
-    sheet.reset_dimensions()
-    rows = sheet.iter_rows(min_row=1, values_only=True)
+    try:
+        rows = sheet.iter_rows()
+        # calamine numbers rows from the top of the sheet but starts columns at the first used one.
+        padding = (None,) * sheet.start[1] if sheet.start else ()
+    except _XLSX_ERRORS as error:
+        logger.warning("Cannot read a sheet of %s: %s", display_name, type(error).__name__)
+        raise _damaged(display_name) from error
     number = 0
     try:
         for number, cells in enumerate(rows, start=1):
-            yield SheetRow(number, tuple(cells))
+            yield SheetRow(number, padding + tuple(_calamine_value(value) for value in cells))
     except _XLSX_ERRORS as error:
         logger.warning("Workbook %s broke after row %s: %s", display_name, number, type(error).__name__)
         raise _damaged(display_name) from error
+
+
+def _calamine_value(value: Cell) -> Cell:
+    # calamine returns '' for an empty cell and a float for every number. Whole
+    # numbers Excel stores exactly (up to 15 digits) become int, as openpyxl returned them.
+    if value == "":
+        return None
+    if type(value) is float and value.is_integer() and abs(value) < _EXACT_WHOLE:
+        return int(value)
+    return value
+
+
+_EXACT_WHOLE = 10**15
+
+
+def _flagged_rows(rows: Generator[SheetRow, None, None], flags: SheetFlags) -> Generator[SheetRow, None, None]:
+    """Mark hidden and filtered rows and put `FormulaText` in formula cells."""
+    if not flags.hidden_rows and not flags.formulas:
+        yield from rows
+        return
+    try:
+        for row in rows:
+            hidden = flags.row_state(row.row)
+            formulas = flags.formulas.get(row.row)
+            if formulas:
+                cells = list(row.cells)
+                for column, formula in formulas.items():
+                    cells.extend([None] * (column + 1 - len(cells)))
+                    cells[column] = formula
+                row = SheetRow(row.row, tuple(cells), hidden)
+            elif hidden:
+                row = SheetRow(row.row, row.cells, hidden)
+            yield row
+    finally:
+        rows.close()
 
 
 def _damaged(display_name: str) -> RosterFileError:
@@ -406,7 +504,8 @@ def _header_from(row: SheetRow) -> Header | None:
             columns[field] = index
     if len(columns) < MIN_HEADER_FIELDS:
         return None
-    return Header(row=row.row, columns=columns, keys=keys)
+    labels = tuple("" if value is None else str(value) for value in row.cells)
+    return Header(row=row.row, columns=columns, keys=keys, labels=labels)
 
 
 def _check_required(header: Header) -> None:

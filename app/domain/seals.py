@@ -55,6 +55,20 @@ def seal_png(seal: Seal, *, static_dir: Path, instance_dir: Path | None = None) 
     return png
 
 
+def seal_render_path(seal: Seal, *, static_dir: Path, instance_dir: Path) -> Path:
+    """Return a file under `instance_dir`/seals/ holding exactly `seal_png(seal)`, writing it when missing.
+
+    The renderer links this file instead of inlining a 100 KB data URI,
+    which xhtml2pdf's HTML tokenizer would otherwise scan on every render.
+    """
+    png = seal_png(seal, static_dir=static_dir, instance_dir=instance_dir)
+    digest = hashlib.sha256(png).hexdigest()[:16]
+    path = instance_dir / "seals" / f"render-{digest}.png"
+    if not path.is_file():
+        _write_cache(path, png, seal.code)
+    return path
+
+
 def _installed_png(seal: Seal, instance_dir: Path | None) -> bytes:
     if instance_dir is None:
         raise SealImageError(f"印章「{seal.name}」有图片路径，但未提供 instance 目录")
@@ -175,3 +189,46 @@ def _draw_specimen_mark(draw: ImageDraw.ImageDraw, font_file: Path, size: int) -
     box = (size * 0.27, y - size * 0.1, size * 0.73, y + size * 0.1)
     draw.rectangle(box, outline=255, width=round(size * 0.012))
     draw.text((size / 2, y), SPECIMEN_MARK, font=font, fill=255, anchor="mm")
+
+
+# --- installing an official seal image -------------------------------------
+
+SEAL_CODE_DIGITS = 13
+MAX_SEAL_UPLOAD_BYTES = 2 * 1024 * 1024
+MIN_SEAL_PX = 200  # below this the 42 mm print is under 120 dpi
+MAX_SEAL_PX = 4000
+
+
+class SealUploadError(ValueError):
+    """An uploaded seal image or code is unusable; the message tells staff what to fix."""
+
+
+def validate_seal_code(code: str) -> str:
+    """Return `code` stripped, or raise SealUploadError unless it is exactly 13 digits."""
+    code = code.strip()
+    if len(code) != SEAL_CODE_DIGITS or not code.isascii() or not code.isdigit():
+        raise SealUploadError(f"印章编码「{code}」无效：应为 {SEAL_CODE_DIGITS} 位数字，请按印章备案信息填写。")
+    return code
+
+
+def validate_seal_png(data: bytes) -> tuple[int, int]:
+    """Check that `data` is a square-ish PNG Pillow can decode; return its size in pixels."""
+    if len(data) > MAX_SEAL_UPLOAD_BYTES:
+        raise SealUploadError(f"印章图片有 {len(data) // 1024} KB，超过上限 {MAX_SEAL_UPLOAD_BYTES // 1024 // 1024} MB，请压缩后再上传。")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format
+            size = image.size
+            if image_format == "PNG":
+                if max(size) > MAX_SEAL_PX:
+                    raise SealUploadError(f"印章图片为 {size[0]}×{size[1]} 像素，超过上限 {MAX_SEAL_PX} 像素，请缩小后再上传。")
+                image.load()  # decodes every pixel, so a truncated file fails here
+    except SealUploadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise SealUploadError(f"无法读取上传的印章图片：{error}。请上传有效的 PNG 文件。") from error
+    if image_format != "PNG":
+        raise SealUploadError(f"印章图片格式为 {image_format}，只接受 PNG（透明背景）文件。")
+    if min(size) < MIN_SEAL_PX:
+        raise SealUploadError(f"印章图片为 {size[0]}×{size[1]} 像素，至少需要 {MIN_SEAL_PX}×{MIN_SEAL_PX} 像素才能清晰打印。")
+    return size

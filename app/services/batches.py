@@ -1,23 +1,51 @@
-"""Import batches: store the upload, preview it, then confirm or discard it."""
+"""Import batches: store the upload, preview it into `batch_row`, then confirm or discard it.
+
+Small files are previewed and confirmed inside the web request. Files
+larger than IMPORT_BACKGROUND_BYTES (config, default 512 KiB, about 5,000
+XLSX rows) and batches with more than IMPORT_BACKGROUND_ROWS accepted rows
+run as background jobs whose progress the batch page polls.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import shutil
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
+from openpyxl import Workbook
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..domain.roster import RosterFileError
 from ..extensions import db
-from ..models import AuditEntry, ImportBatch
-from .issuing import ImportPlan, apply_import, file_sha256, plan_import
+from ..models import AuditEntry, BatchRow, ImportBatch, Job, utcnow
+from . import jobs
+from .issuing import (
+    CHANGED,
+    REJECTED,
+    ImportPlan,
+    ProgressFn,
+    apply_batch,
+    file_sha256,
+    iter_batch_rows,
+    plan_batch,
+    report_csv,
+)
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_SUFFIXES = {".xlsx", ".csv"}
+DEFAULT_BACKGROUND_BYTES = 512 * 1024
+DEFAULT_BACKGROUND_ROWS = 5000
+PAGE_SIZE = 50
+REASON_COLUMN = "错误原因"
+
+_STATE_LABELS = {"preview": "待确认", "confirmed": "确认导入", "discarded": "放弃"}
 
 
 def upload_dir() -> Path:
@@ -44,7 +72,9 @@ def store_upload(source: Path | bytes, filename: str) -> str:
     return stored_name
 
 
-def create_batch(stored_name: str, filename: str, *, exam: str | None, kind: str | None, actor: str) -> ImportBatch:
+def create_batch(
+    stored_name: str, filename: str, *, exam: str | None, kind: str | None, actor: str, include_hidden: bool = False
+) -> ImportBatch:
     batch = ImportBatch(
         filename=filename,
         stored_name=stored_name,
@@ -53,52 +83,265 @@ def create_batch(stored_name: str, filename: str, *, exam: str | None, kind: str
         kind=kind,
         uploaded_by=actor,
         state="preview",
+        include_hidden=include_hidden,
     )
     db.session.add(batch)
-    db.session.add(AuditEntry(actor=actor, action="batch.upload", target=None, detail={"filename": filename}))
+    db.session.flush()
+    db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": filename}))
     db.session.commit()
     logger.info("Roster %s uploaded by %s as batch %s", filename, actor, batch.id)
     return batch
 
 
-def preview(batch: ImportBatch) -> ImportPlan:
-    return plan_import(stored_path(batch), filename=batch.filename, exam=batch.exam, kind=batch.kind)
+def runs_in_background(batch: ImportBatch) -> bool:
+    """Return whether previewing or confirming `batch` is too long for a web request."""
+    limit_bytes = current_app.config.get("IMPORT_BACKGROUND_BYTES", DEFAULT_BACKGROUND_BYTES)
+    limit_rows = current_app.config.get("IMPORT_BACKGROUND_ROWS", DEFAULT_BACKGROUND_ROWS)
+    if batch.previewed_at is not None:
+        return batch.imported_count + batch.changed_count > limit_rows
+    return stored_path(batch).stat().st_size > limit_bytes
 
 
-def confirm(batch: ImportBatch) -> ImportPlan:
-    """Plan the batch again against the register as it is now, then apply all of it or none."""
-    if batch.state != "preview":
-        raise RosterFileError(f"批次 #{batch.id} 已{_STATE_LABELS.get(batch.state, batch.state)}，不能再次确认。")
-    plan = preview(batch)
+# --- Preview ------------------------------------------------------------
+
+
+def preview(batch: ImportBatch, progress: ProgressFn | None = None) -> ImportPlan:
+    """Judge every row of the batch's file into `batch_row` and commit."""
+    _require_preview_state(batch, "预览")
     try:
-        apply_import(plan, batch)
+        plan = plan_batch(batch, stored_path(batch), progress=progress or _quiet)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    logger.info("Batch %s previewed: %s", batch.id, plan.counts)
+    return plan
+
+
+def set_include_hidden(batch: ImportBatch, include_hidden: bool, actor: str) -> None:
+    """Change whether hidden and filtered rows are imported; the preview must then run again."""
+    _require_preview_state(batch, "修改")
+    batch.include_hidden = include_hidden
+    batch.previewed_at = None
+    db.session.add(
+        AuditEntry(actor=actor, action="batch.include_hidden", target=f"batch:{batch.id}", detail={"include": include_hidden})
+    )
+    db.session.commit()
+
+
+def start_preview(batch: ImportBatch, actor: str) -> Job:
+    """Preview the batch in a background job; the batch page polls its progress."""
+    batch_id = batch.id
+
+    def work(progress: jobs.Progress) -> str:
+        target = db.session.get(ImportBatch, batch_id)
+        preview(target, progress=_local(progress))
+        return f"batch:{batch_id}"
+
+    return _start(batch, "batch.preview", actor, work)
+
+
+def _start(batch: ImportBatch, kind: str, actor: str, work) -> Job:
+    job = jobs.create_job(kind, actor=actor, target=f"batch:{batch.id}")
+    batch.job_id = job.id
+    db.session.commit()
+    jobs.start_job(job.id, work)
+    return job
+
+
+# --- Confirm and discard ------------------------------------------------
+
+
+def confirm(
+    batch: ImportBatch,
+    *,
+    apply_rows: Iterable[int] = (),
+    apply_all_changes: bool = False,
+    reject_unapplied_changes: bool = False,
+    progress: ProgressFn | None = None,
+) -> ImportPlan:
+    """Write the previewed batch, checking the register again, all of it or none."""
+    _require_preview_state(batch, "确认")
+    if batch.previewed_at is None:
+        preview(batch, progress)
+    try:
+        return apply_batch(
+            batch,
+            apply_rows=apply_rows,
+            apply_all_changes=apply_all_changes,
+            reject_unapplied_changes=reject_unapplied_changes,
+            progress=progress or _quiet,
+        )
     except IntegrityError as error:
         logger.warning("Batch %s failed to apply: %s", batch.id, error.__class__.__name__)
         raise RosterFileError(
             f"批次 #{batch.id} 写入时发现证书编号已被其他批次同时导入，已全部撤回、未写入任何记录；请重新预览后再确认。"
         ) from error
-    return plan
+
+
+def start_confirm(batch: ImportBatch, actor: str, apply_rows: Iterable[int]) -> Job:
+    """Confirm the batch in a background job."""
+    batch_id = batch.id
+    rows = sorted(set(apply_rows))
+
+    def work(progress: jobs.Progress) -> str:
+        target = db.session.get(ImportBatch, batch_id)
+        confirm(target, apply_rows=rows, progress=_local(progress))
+        return f"batch:{batch_id}"
+
+    return _start(batch, "batch.confirm", actor, work)
 
 
 def discard(batch: ImportBatch, actor: str) -> None:
-    if batch.state != "preview":
-        raise RosterFileError(f"批次 #{batch.id} 已{_STATE_LABELS.get(batch.state, batch.state)}，不能放弃。")
+    _require_preview_state(batch, "放弃")
     batch.state = "discarded"
+    batch.discarded_at = utcnow()
     db.session.add(AuditEntry(actor=actor, action="batch.discard", target=f"batch:{batch.id}", detail={}))
     db.session.commit()
 
 
-_STATE_LABELS = {"preview": "待确认", "confirmed": "确认导入", "discarded": "放弃"}
+def _require_preview_state(batch: ImportBatch, action: str) -> None:
+    if batch.state != "preview":
+        label = _STATE_LABELS.get(batch.state, batch.state)
+        if action == "确认":
+            raise RosterFileError(f"批次 #{batch.id} 已{label}，不能再次确认。")
+        raise RosterFileError(f"批次 #{batch.id} 已{label}，不能{action}。")
 
 
 def import_file(
-    path: Path, *, exam: str | None, kind: str | None, actor: str, dry_run: bool = False
+    path: Path,
+    *,
+    exam: str | None,
+    kind: str | None,
+    actor: str,
+    dry_run: bool = False,
+    apply_changes: bool = False,
+    include_hidden: bool = False,
+    progress: ProgressFn | None = None,
 ) -> tuple[ImportPlan, ImportBatch | None]:
-    """Import a roster from the command line: plan, and unless `dry_run`, store and apply it."""
-    if dry_run:
-        return plan_import(path, exam=exam, kind=kind), None
+    """Import a roster from the command line: store, preview and, unless `dry_run`, apply it.
 
-    plan_import(path, exam=exam, kind=kind)  # reject an unreadable file before storing it
+    Rows that would change an existing record are applied only with
+    `apply_changes`; otherwise they are reported as rejected with the
+    difference. A dry run previews inside a transaction that is rolled back,
+    so it leaves nothing behind; its batch is returned detached for the report.
+    """
     stored_name = store_upload(path, path.name)
-    batch = create_batch(stored_name, path.name, exam=exam, kind=kind, actor=actor)
-    return confirm(batch), batch
+    stored = upload_dir() / stored_name
+    batch = ImportBatch(
+        filename=path.name, stored_name=stored_name, sha256=file_sha256(stored), exam=exam, kind=kind,
+        uploaded_by=actor, state="preview", include_hidden=include_hidden,
+    )  # fmt: skip
+    try:
+        db.session.add(batch)
+        db.session.flush()
+        plan = plan_batch(batch, stored, progress=progress or _quiet)
+        if dry_run:
+            plan.report = report_csv(iter_batch_rows(batch.id))  # type: ignore[attr-defined]
+            db.session.rollback()
+            stored.unlink(missing_ok=True)
+            return plan, None
+        db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": path.name}))
+        db.session.flush()
+    except BaseException:
+        db.session.rollback()
+        stored.unlink(missing_ok=True)
+        raise
+    result = confirm(
+        batch, apply_all_changes=apply_changes, reject_unapplied_changes=not apply_changes, progress=progress
+    )
+    result.earlier_batch_id = plan.earlier_batch_id
+    return result, batch
+
+
+# --- Reading a batch's rows ---------------------------------------------
+
+
+def problem_rows(batch: ImportBatch, page: int) -> tuple[list[BatchRow], int]:
+    """Return one page of the rows staff must look at (rejected, changed, hidden) and the number of pages."""
+    condition = (BatchRow.batch_id == batch.id) & (
+        BatchRow.outcome.in_([REJECTED, CHANGED]) | (BatchRow.hidden != "")
+    )
+    total = db.session.scalar(select(func.count(BatchRow.id)).where(condition)) or 0
+    pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    page = min(max(page, 1), pages)
+    rows = db.session.scalars(
+        select(BatchRow).where(condition).order_by(BatchRow.row).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
+    ).all()
+    return list(rows), pages
+
+
+def batch_report_csv(batch: ImportBatch) -> str:
+    if batch.report_csv is not None and batch.previewed_at is None:
+        return batch.report_csv  # a batch confirmed before rows were kept in batch_row
+    return report_csv(iter_batch_rows(batch.id))
+
+
+def rejected_xlsx(batch: ImportBatch) -> bytes:
+    """Return the rejected rows as an XLSX: the file's header row plus 错误原因, one row per rejected row.
+
+    Staff correct the cells and upload the workbook again. Cells keep their
+    values as read; dates come back as ISO text, which the import reads.
+    """
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("被拒绝的行")
+    header = list(batch.header or [])
+    sheet.append(header + [REASON_COLUMN])
+    width = len(header)
+    for row in iter_batch_rows(batch.id, [REJECTED], (BatchRow.row, BatchRow.cells, BatchRow.reason)):
+        cells = list(row.cells or [])[:width]
+        cells += [None] * (width - len(cells))
+        sheet.append([_xlsx_cell(value) for value in cells] + [row.reason])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+def _xlsx_cell(value):
+    # openpyxl stores "=..." text as a formula, which must not come back to life in the fixed file.
+    if isinstance(value, str) and value.startswith("="):
+        return "'" + value
+    return value
+
+
+# --- Progress -----------------------------------------------------------
+
+# Progress of jobs running in this process, for SQLite, where a job's open
+# write transaction blocks the progress UPDATE from another connection.
+# NOTE: on SQLite only the process running the job sees its progress; with
+# PostgreSQL every worker reads it from the job table.
+_local_progress: dict[int, tuple[int, int | None]] = {}
+_local_lock = threading.Lock()
+
+
+def _quiet(done: int, total: int | None = None, message: str | None = None) -> None:
+    return None
+
+
+def _local(progress: jobs.Progress) -> ProgressFn:
+    """Wrap a job's Progress so this process always sees the live figure."""
+    sqlite = db.engine.dialect.name == "sqlite"
+    state: dict[str, int | None] = {"total": None}
+
+    def report(done: int, total: int | None = None, message: str | None = None) -> None:
+        if total is not None:
+            state["total"] = total
+        with _local_lock:
+            _local_progress[progress.job_id] = (done, state["total"])
+        if sqlite:
+            return
+        try:
+            progress(done, total, message)
+        except OperationalError:
+            logger.warning("Progress of job %s not written: database busy", progress.job_id)
+
+    return report
+
+
+def job_progress(job: Job) -> tuple[int, int | None]:
+    """Return (done, total) for a job, preferring this process's live figure."""
+    with _local_lock:
+        local = _local_progress.get(job.id)
+    if local and job.state in (jobs.JOB_QUEUED, jobs.JOB_RUNNING) and local[0] >= (job.done or 0):
+        return local
+    return job.done or 0, job.total

@@ -1,15 +1,34 @@
-"""Turn stored certificates into documents and PDFs."""
+"""Turn stored certificates into documents and signed PDFs, with an on-disk PDF cache."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from flask import current_app
+from pypdf import PdfReader
+from sqlalchemy import select
 
-from ..domain.documents import CertificateDocument, render_pdf
+from ..domain import signing
+from ..domain.documents import TEMPLATE_DIR, CertificateDocument, render_pdf
 from ..domain.tokens import make_token
+from ..extensions import db
 from ..models import Certificate
+from . import lookup
 from .catalogue import load_catalogue
+from .lookup import CertificateView
+
+logger = logging.getLogger(__name__)
+
+PDF_CACHE_DIR = "pdf-cache"  # under the instance folder
+# Bump when the renderer changes output without a template change.
+RENDERER_REVISION = "2"
 
 
 def qr_url(certificate: Certificate) -> str:
@@ -36,9 +55,169 @@ def document_of(certificate: Certificate) -> CertificateDocument:
     )
 
 
-def certificate_pdf(certificate: Certificate) -> bytes:
-    return render_pdf(
+# --- signing keys ----------------------------------------------------------
+
+
+def _instance_path(value: str | os.PathLike) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else Path(current_app.instance_path) / path
+
+
+def signing_keys() -> signing.SigningKeys:
+    """Return the configured signing key, certificate and CA files, resolved against instance/."""
+    config = current_app.config
+    passphrase = config.get("SIGNING_KEY_PASSPHRASE")
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode()
+    return signing.SigningKeys(
+        key_file=_instance_path(config["SIGNING_KEY_FILE"]),
+        cert_file=_instance_path(config["SIGNING_CERT_FILE"]),
+        ca_files=tuple(_instance_path(path) for path in config["SIGNING_CA_FILES"]),
+        passphrase=passphrase or None,
+    )
+
+
+def ensure_demo_keys() -> bool:
+    """Create demo keys at the configured paths unless they exist, and return True when it created them."""
+    keys = signing_keys()
+    if keys.exist():
+        return False
+    signing.generate_demo_keys(keys.key_file.parent)
+    return True
+
+
+# --- the PDF and its cache -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedPdf:
+    path: Path
+    etag: str  # hex digest of everything the bytes depend on
+
+
+@lru_cache(maxsize=8)
+def _template_digest(template_dir: Path, signing_cert_mtime: int, signing_cert: Path) -> str:
+    digest = hashlib.sha256(RENDERER_REVISION.encode())
+    for path in sorted(template_dir.glob("*.html")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    if signing_cert.is_file():
+        digest.update(signing_cert.read_bytes())
+    return digest.hexdigest()
+
+
+def render_digest() -> str:
+    """Return a digest of the templates, renderer revision and signing certificate.
+
+    The templates are read once per process, like Jinja's compiled templates,
+    so a template edit takes effect after a restart.
+    """
+    cert = signing_keys().cert_file
+    mtime = cert.stat().st_mtime_ns if cert.is_file() else 0
+    return _template_digest(TEMPLATE_DIR, mtime, cert)
+
+
+def cache_entry(certificate: Certificate) -> CachedPdf:
+    """Return where the signed PDF of `certificate` is cached and its ETag.
+
+    The key covers the record id and version (corrections bump the version),
+    the template digest, the public address and the catalogue entries the page
+    prints (title, statement, issuers, seal), so any of those changing gives a
+    new file name.
+    """
+    layout = certificate.layout
+    kind = layout.document_kind
+    seal = kind.seal
+    parts = [
+        render_digest(), current_app.config["BASE_URL"], certificate.id, certificate.version, certificate.public_id,
+        layout.code, layout.title, layout.statement, list(layout.co_issuers or ()), kind.name, kind.issuer,
+        seal.code, seal.name, seal.image_path,
+    ]
+    etag = hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()[:32]
+    name = f"{certificate.id}-v{certificate.version}-{etag}.pdf"
+    return CachedPdf(path=Path(current_app.instance_path) / PDF_CACHE_DIR / name, etag=etag)
+
+
+def render_signed_pdf(certificate: Certificate) -> bytes:
+    """Render and sign the PDF of `certificate`, without the cache."""
+    pdf = render_pdf(
         document_of(certificate),
         static_dir=Path(current_app.static_folder),
         instance_dir=Path(current_app.instance_path),
     )
+    return signing.sign_pdf(pdf, signing_keys(), public_id=certificate.public_id, version=certificate.version)
+
+
+def cached_pdf(certificate: Certificate) -> CachedPdf:
+    """Return the cache entry of `certificate`, rendering and signing it first when missing."""
+    entry = cache_entry(certificate)
+    if entry.path.is_file():
+        return entry
+    pdf = render_signed_pdf(certificate)
+    _store(entry.path, pdf, certificate.id)
+    return entry
+
+
+def certificate_pdf(certificate: Certificate) -> bytes:
+    """Return the signed PDF of `certificate`, from the cache when it is there."""
+    return cached_pdf(certificate).path.read_bytes()
+
+
+def _store(path: Path, pdf: bytes, certificate_id: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside and renamed, so a concurrent reader never sees half a file.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_bytes(pdf)
+    partial.replace(path)
+    # Earlier versions of this certificate can never be served again.
+    for stale in path.parent.glob(f"{certificate_id}-v*.pdf"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    logger.info("cached PDF of certificate %s at %s", certificate_id, path.name)
+
+
+# --- checking an uploaded PDF ----------------------------------------------
+
+VERDICT_VALID = "valid"  # 真实有效
+VERDICT_REVOKED = "revoked"  # 已撤销
+VERDICT_MODIFIED = "modified"  # 文件已被修改
+VERDICT_FOREIGN = "foreign"  # 非本系统签发
+VERDICT_UNREADABLE = "unreadable"  # not a readable PDF
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    verdict: str
+    view: CertificateView | None = None  # the live record, masked, for VALID and REVOKED
+    corrected: bool = False  # the record has a newer version than the file
+
+
+def verify_uploaded_pdf(data: bytes) -> FileVerdict:
+    """Check an uploaded certificate PDF against the signing CA and the live record."""
+    roots = signing.load_trust_roots(signing_keys().ca_files)
+    check = signing.check_signed_file(data, roots)
+    if check.outcome != signing.FILE_INTACT:
+        logger.info("uploaded PDF rejected as %s: %s", check.outcome, check.detail)
+        return FileVerdict({
+            signing.FILE_MODIFIED: VERDICT_MODIFIED,
+            signing.FILE_FOREIGN: VERDICT_FOREIGN,
+            signing.FILE_UNREADABLE: VERDICT_UNREADABLE,
+        }[check.outcome])
+
+    certificate = db.session.scalar(select(Certificate).where(Certificate.public_id == check.public_id))
+    if certificate is None or check.version > certificate.version:
+        logger.warning("signed PDF names unknown certificate %s version %s", check.public_id, check.version)
+        return FileVerdict(VERDICT_FOREIGN)
+    if check.version == certificate.version and not _text_matches(data, certificate):
+        logger.warning("signed PDF of certificate %s does not match the record", check.public_id)
+        return FileVerdict(VERDICT_MODIFIED)
+
+    result = lookup.result_for(certificate)
+    verdict = VERDICT_REVOKED if result.result == lookup.REVOKED else VERDICT_VALID
+    return FileVerdict(verdict, view=result.certificate, corrected=check.version < certificate.version)
+
+
+def _text_matches(data: bytes, certificate: Certificate) -> bool:
+    # The signature already proves the bytes; this catches a record changed
+    # without a version bump, so the page never vouches for stale content.
+    text = "".join(PdfReader(io.BytesIO(data)).pages[0].extract_text().split())
+    return certificate.name in text and certificate.number in text

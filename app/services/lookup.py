@@ -13,6 +13,7 @@ from sqlalchemy.orm import joinedload
 from ..domain.identity import mask_id_number
 from ..domain.roster import normalise_name
 from ..extensions import db
+from ..id_numbers import id_hash
 from ..models import STATUS_REVOKED, Certificate, Layout
 
 VALID = "valid"
@@ -35,6 +36,7 @@ class CertificateView:
     issuer: str
     status: str
     revoked_at: datetime | None
+    corrected_at: datetime | None = None  # set once staff have corrected the record
 
     def as_json(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class CertificateView:
             "issuer": self.issuer,
             "status": self.status,
             "revoked_at": self.revoked_at.date().isoformat() if self.revoked_at else None,
+            "corrected_at": self.corrected_at.date().isoformat() if self.corrected_at else None,
         }
 
 
@@ -64,7 +67,8 @@ class LookupResult:
 def normalise_number(value: str) -> str:
     """Fold full-width forms, drop whitespace and upper-case a typed certificate number."""
     folded = unicodedata.normalize("NFKC", value or "")
-    return "".join(folded.split()).upper()
+    # Drop spaces and invisible format characters (zero-width space, soft hyphen) pasted along with the number.
+    return "".join(c for c in folded if not c.isspace() and unicodedata.category(c) != "Cf").upper()
 
 
 def _query():
@@ -83,13 +87,15 @@ def verify(number: str, name: str) -> LookupResult:
     """
     number = normalise_number(number)
     name = normalise_name(name or "")
-    if not number or not name or len(number) > 32 or len(name) > 60:
+    # PostgreSQL rejects NUL in text, so such input never reaches the query.
+    if not number or not name or len(number) > 32 or len(name) > 60 or "\x00" in number + name:
         return LookupResult(NOT_FOUND)
 
     certificate = db.session.scalar(_query().where(Certificate.number == number))
     stored_name = certificate.name if certificate else ""
     # Compare even when nothing was found, so both paths cost the same.
-    if not hmac.compare_digest(stored_name.encode(), name.encode()) or certificate is None:
+    # Latin names match whatever their case (SMITH JOHN, Smith John).
+    if not hmac.compare_digest(stored_name.casefold().encode(), name.casefold().encode()) or certificate is None:
         return LookupResult(NOT_FOUND)
     return result_for(certificate)
 
@@ -120,14 +126,21 @@ def view_of(certificate: Certificate) -> CertificateView:
         issuer=kind.issuer,
         status=certificate.status,
         revoked_at=certificate.revoked_at,
+        corrected_at=certificate.corrected_at,
     )
 
 
 def certificates_of(name: str, id_number: str) -> list[Certificate]:
-    """Return every certificate issued to this ID document and name, newest first."""
+    """Return every certificate whose current name and ID number are these, newest first.
+
+    Only the current data counts, never a version replaced by a correction: a
+    correction usually fixes a wrong ID number or name, and that wrong value
+    may belong to someone else, who must stop seeing the certificate. A holder
+    who registered with the corrected data sees it from the next page load.
+    """
     query = (
         _query()
-        .where(Certificate.id_number == id_number, Certificate.name == name)
+        .where(Certificate.id_number_hash == id_hash(id_number), Certificate.name == name)
         .order_by(Certificate.approval_date.desc(), Certificate.number)
     )
     return list(db.session.scalars(query).unique())

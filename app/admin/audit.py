@@ -1,0 +1,84 @@
+"""Staff pages for the audit log: filter, page through and export as CSV or XLSX. Read only."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from flask import Response, render_template, request
+
+from ..services import audit
+from . import bp
+
+XLSX_MIMETYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@bp.app_template_filter("local_time")
+def local_time_filter(value: datetime | None) -> str:
+    return audit.local_time(value).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+@bp.app_template_filter("action_label")
+def action_label_filter(action: str) -> str:
+    return audit.ACTION_LABELS.get(action, action)
+
+
+def _parse_day(key: str, errors: list[str]) -> date | None:
+    text = (request.args.get(key) or "").strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        label = "开始日期" if key == "from" else "结束日期"
+        errors.append(f"{label}「{text[:20]}」无法识别，请写成 2024-10-18 这样的日期。")
+        return None
+
+
+def _criteria() -> tuple[audit.AuditFilter, list[str]]:
+    errors: list[str] = []
+    criteria = audit.AuditFilter(
+        actor=(request.args.get("actor") or "").strip(),
+        action=(request.args.get("action") or "").strip(),
+        target=(request.args.get("target") or "").strip(),
+        date_from=_parse_day("from", errors),
+        date_to=_parse_day("to", errors),
+    )
+    return criteria, errors
+
+
+@bp.get("/audit")
+def audit_log():
+    criteria, errors = _criteria()
+    page = request.args.get("page", 1, type=int) or 1
+    entries = audit.search(criteria, page=page)
+    return render_template(
+        "admin/audit.html",
+        criteria=criteria,
+        errors=errors,
+        entries=entries,
+        page=page,
+        page_size=audit.PAGE_SIZE,
+        actors=audit.actors(),
+        actions=audit.ACTION_LABELS,
+        query_args={key: value for key, value in request.args.items() if key != "page"},
+    )
+
+
+def _export_name(extension: str) -> str:
+    return f"audit-{date.today():%Y%m%d}.{extension}"
+
+
+@bp.get("/audit.csv")
+def audit_csv():
+    criteria, _errors = _criteria()
+    response = Response(audit.export_csv(criteria), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f"attachment; filename={_export_name('csv')}"
+    return response
+
+
+@bp.get("/audit.xlsx")
+def audit_xlsx():
+    criteria, _errors = _criteria()
+    response = Response(audit.export_xlsx(criteria), mimetype=XLSX_MIMETYPE)
+    response.headers["Content-Disposition"] = f"attachment; filename={_export_name('xlsx')}"
+    return response

@@ -1,0 +1,161 @@
+"""Security response headers (CSP, HSTS and others), session lifetime checks, log sanitising and key checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from flask import Flask, Response, request, session
+from flask_login import logout_user
+
+logger = logging.getLogger(__name__)
+
+# htmx is configured in templates/base.html not to inject styles or eval code,
+# so neither 'unsafe-inline' nor 'unsafe-eval' is needed. data: images are the
+# server-rendered TOTP enrolment QR code.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+ISSUED_AT_KEY = "iat"
+LAST_SEEN_KEY = "seen"
+# Rewrite the last-seen stamp at most this often, so not every response sets a cookie.
+SEEN_RESOLUTION_SECONDS = 60
+
+
+def configure_security(app: Flask) -> None:
+    install_log_sanitiser()
+
+    @app.before_request
+    def expire_session() -> None:
+        if request.endpoint == "static" or "_user_id" not in session:
+            return
+        now = clock()
+        issued = session.get(ISSUED_AT_KEY, 0)
+        seen = session.get(LAST_SEEN_KEY, 0)
+        idle_limit = app.config["SESSION_IDLE_MINUTES"] * 60
+        absolute_limit = app.config["SESSION_ABSOLUTE_HOURS"] * 3600
+        if now - seen > idle_limit or now - issued > absolute_limit:
+            logger.info("Session of %s expired (idle %.0f s, age %.0f s)", session.get("_user_id"), now - seen, now - issued)
+            logout_user()
+            session.clear()
+            return
+        if now - seen > SEEN_RESOLUTION_SECONDS:
+            session[LAST_SEEN_KEY] = now
+
+    @app.after_request
+    def add_security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.endpoint != "static":
+            # Pages show personal data or per-user state, and PDFs are personal: keep them out of every cache.
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def clock() -> float:
+    """Seconds since the epoch; tests replace it to move sessions past their limits."""
+    return time.time()
+
+
+def stamp_new_session() -> None:
+    now = clock()
+    session.permanent = True
+    session[ISSUED_AT_KEY] = now
+    session[LAST_SEEN_KEY] = now
+
+
+def current_address() -> str | None:
+    return request.remote_addr
+
+
+# --- logs -------------------------------------------------------------------
+
+# Mainland resident ID numbers (18 characters) and anything else that long and
+# digit-like; masked to the first 3 and last 2 characters.
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])([1-9]\d{5})(\d{8,11})(\d{2}[0-9Xx])(?![0-9A-Za-z])")
+_CONTROL = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"})
+
+
+def sanitise(message: str) -> str:
+    """Mask whole ID numbers and escape line breaks, so a log line cannot be forged or leak identities."""
+    masked = _ID_NUMBER.sub(lambda m: m.group(1)[:3] + "*" * (len(m.group(0)) - 5) + m.group(3)[-2:], message)
+    return masked.translate(_CONTROL)
+
+
+_installed = False
+
+
+def install_log_sanitiser() -> None:
+    """Wrap the log record factory once per process: every record's message is sanitised as it is created."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return record
+        clean = sanitise(message)
+        if clean != message or record.args:
+            record.msg = clean
+            record.args = ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+# --- configuration checks ------------------------------------------------------
+
+# Values that appear in the README, tests or examples; a deployment using one
+# would sign sessions and QR codes with a public key.
+EXAMPLE_KEYS = frozenset(
+    {"old-key", "new-key", "change-me", "changeme", "secret", "dev", "test-secret-key", "test-qr-key-0123456789"}
+)
+
+
+def weak_keys(config) -> list[str]:
+    """Name the key settings that are too short or copied from an example."""
+    minimum = config["MIN_KEY_LENGTH"]
+    weak = []
+    secret = str(config.get("SECRET_KEY") or "")
+    if len(secret) < minimum or secret in EXAMPLE_KEYS:
+        weak.append("SECRET_KEY")
+    for name in ("ID_NUMBER_KEY", "ID_HASH_KEY"):
+        value = str(config.get(name) or "")
+        if len(value) < minimum or value in EXAMPLE_KEYS:
+            weak.append(name)
+    if config.get("ID_NUMBER_KEY") and config.get("ID_NUMBER_KEY") == config.get("ID_HASH_KEY"):
+        weak.append("ID_HASH_KEY（不能与 ID_NUMBER_KEY 相同）")
+    qr_keys = [str(key) for key in config.get("QR_TOKEN_KEYS") or []]
+    # Older keys stay listed to verify codes already printed, so only the signing (last) key must be long.
+    if qr_keys and (len(qr_keys[-1]) < minimum or any(key in EXAMPLE_KEYS for key in qr_keys)):
+        weak.append("QR_TOKEN_KEYS")
+    return weak
+
+
+def require_safe_xml_parser() -> None:
+    """Refuse to start unless openpyxl parses workbooks through defusedxml (no entity expansion)."""
+    from openpyxl import xml as openpyxl_xml
+
+    if not openpyxl_xml.DEFUSEDXML:
+        from . import ConfigurationError
+
+        raise ConfigurationError(
+            "openpyxl 未启用 defusedxml：请安装 requirements.txt 中的 defusedxml，"
+            "并且不要设置环境变量 OPENPYXL_DEFUSEDXML=False，否则上传的工作簿可能触发 XML 实体攻击。"
+        )

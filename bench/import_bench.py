@@ -1,0 +1,98 @@
+"""Benchmark the roster import: parse + validate + commit against parsing alone.
+
+One command generates the synthetic roster (bench/make_roster.py) if it is
+missing, then runs each measurement in a fresh Python process so peak RSS
+(ru_maxrss) belongs to that step alone:
+
+    .venv/bin/python bench/import_bench.py [--rows 100000]
+
+- "calamine parse": python-calamine reads every cell of the sheet, the
+  fastest reader available here, as the baseline;
+- "full import": `services.batches.import_file`, as `roster import` runs
+  it: calamine values + the sheet-XML pass, validation of every row, the
+  preview written to batch_row, then all certificates inserted and
+  committed in one transaction, into a new SQLite database under /tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+
+PARSE = """
+import json, resource, sys, time
+from python_calamine import CalamineWorkbook
+start = time.perf_counter()
+sheet = CalamineWorkbook.from_path(sys.argv[1]).get_sheet_by_index(0)
+rows = 0
+for row in sheet.iter_rows():
+    rows += 1
+elapsed = time.perf_counter() - start
+print(json.dumps({"seconds": elapsed, "rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+IMPORT = """
+import json, os, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+instance = Path(sys.argv[2])
+os.environ["CERT_INSTANCE_PATH"] = str(instance)
+from app import create_app
+from app.extensions import db
+from flask_migrate import upgrade
+import secrets
+app = create_app({"SECRET_KEY": secrets.token_urlsafe(48), "QR_TOKEN_KEYS": [secrets.token_urlsafe(48)],
+                  "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'bench.db'}", "RATELIMIT_ENABLED": False})
+with app.app_context():
+    upgrade()
+    from app.services import batches
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    plan, batch = batches.import_file(Path(sys.argv[1]), exam="二级建造师", kind="certificate", actor="bench")
+    elapsed = time.perf_counter() - start
+    from sqlalchemy import func, select
+    from app.models import Certificate
+    stored = db.session.scalar(select(func.count(Certificate.id)))
+print(json.dumps({"seconds": elapsed, "counts": plan.counts, "certificates": stored,
+                  "rss_before_mb": before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(code: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"benchmark step failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Measure roster import speed and peak memory.")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows in the synthetic roster (default 100000)")
+    arguments = parser.parse_args()
+
+    roster = OUT / f"roster-{arguments.rows}.xlsx"
+    if not roster.exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "make_roster.py"), str(roster), "--rows", str(arguments.rows)], check=True)
+
+    parse = run(PARSE, str(roster))
+    with tempfile.TemporaryDirectory(prefix="import-bench-") as instance:
+        full = run(IMPORT, str(roster), instance, str(ROOT))
+
+    print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}, python {platform.python_version()}")
+    print(f"roster: {roster.name} ({roster.stat().st_size / 1e6:.1f} MB)")
+    print(f"calamine parse: {parse['seconds']:.2f} s, peak RSS {parse['peak_rss_mb']:.0f} MB")
+    print(f"full import:    {full['seconds']:.2f} s, peak RSS {full['peak_rss_mb']:.0f} MB "
+          f"(before import {full['rss_before_mb']:.0f} MB), counts {full['counts']}, stored {full['certificates']}")
+    print(f"ratio full / parse: {full['seconds'] / parse['seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
