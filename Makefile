@@ -12,7 +12,8 @@ run: install
 	$(FLASK) keys init --if-missing
 	$(FLASK) db upgrade
 	$(FLASK) demo
-	$(VENV)/bin/gunicorn --bind 127.0.0.1:5000 --workers 2 --access-logfile - wsgi:app
+	# The production config keeps query strings (names, ID numbers) and QR tokens out of the access log.
+	GUNICORN_BIND=127.0.0.1:5000 GUNICORN_WORKERS=2 $(VENV)/bin/gunicorn --config deploy/gunicorn.conf.py wsgi:app
 
 # Run the test suite (SQLite, or the database TEST_DATABASE_URL names).
 test: install
