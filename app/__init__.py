@@ -48,7 +48,7 @@ def configure_proxy(app: Flask) -> None:
 
 
 def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
-    # JSON answers keep Chinese readable (田娟, not \u7530\u5a1f) for people reading them with curl.
+    # JSON responses keep Chinese readable (田娟, not \u7530\u5a1f) for people reading them with curl.
     app.json.ensure_ascii = False
     app.config.from_object("app.config")
     app.config.from_pyfile("config.py", silent=True)

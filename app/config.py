@@ -62,7 +62,7 @@ SESSION_ABSOLUTE_HOURS = 12
 # Five failed logins for one account, or from one address, lock it for 15 minutes.
 LOGIN_MAX_FAILURES = 5
 LOGIN_LOCK_MINUTES = 15
-# Where password reset codes go: "outbox" keeps them in memory (no SMS gateway is connected).
+# Destination of password reset codes: "outbox" keeps them in memory (no SMS gateway is connected).
 SMS_SENDER = "outbox"
 # Lookups of one certificate number, counted across all addresses.
 LOOKUP_NUMBER_RATE_LIMIT = "20 per minute"

@@ -297,7 +297,7 @@ class CertificateVersion(db.Model):
 
 
 class LookupEvent(db.Model):
-    """One public lookup, counted for statistics. It holds no personal data and no address."""
+    """One public lookup, counted for statistics. It contains no personal data and no address."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

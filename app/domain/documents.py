@@ -1,6 +1,6 @@
 """Certificate documents: the plain data a PDF is drawn from, and the renderer.
 
-This module knows nothing of Flask or the database. Callers build a
+This module imports nothing from Flask or the database layer. Callers build a
 `CertificateDocument` from a stored record and the catalogue, and get bytes.
 """
 

@@ -200,7 +200,7 @@ MAX_SEAL_PX = 4000
 
 
 class SealUploadError(ValueError):
-    """An uploaded seal image or code is unusable; the message tells staff what to fix."""
+    """An uploaded seal image or code is unusable; the message names what staff must fix."""
 
 
 def validate_seal_code(code: str) -> str:

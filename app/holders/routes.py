@@ -22,7 +22,7 @@ from .forms import DeleteAccountForm, LoginForm, RegisterForm, ResetForm, ResetR
 logger = logging.getLogger(__name__)
 
 
-# Registration answers the same whether or not the ID number or mobile number
+# Registration responds the same whether or not the ID number or mobile number
 # is already registered, so the form cannot be used to find out who has an account.
 REGISTERED_MESSAGE = (
     "注册信息已提交。请用证件号码（或手机号码）和刚设置的密码登录；"
@@ -126,13 +126,13 @@ def certificates():
 
 
 def _own_certificate(number: str) -> Certificate:
-    """Load one of the current holder's certificates; anyone else's answers exactly like a missing one."""
+    """Load one of the current holder's certificates; anyone else's returns exactly what a missing one returns."""
     _holder_required()
     for certificate in lookup.certificates_of(current_user.name, current_user.id_number):
         # A revoked certificate stays in the list, marked 已撤销, but is no longer issued as a file.
         if certificate.number == number and certificate.status != STATUS_REVOKED:
             return certificate
-    # Another holder's number and a missing one get the same 404; the log tells them apart for staff.
+    # Another holder's number and a missing one get the same 404; the log distinguishes them for staff.
     logger.warning("Holder %s asked for certificate %r, which is not theirs or does not exist", current_user.id, number[:40])
     abort(404)
 

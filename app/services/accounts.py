@@ -229,7 +229,7 @@ def end_sessions(user: StaffUser | Holder) -> None:
 def delete_holder(holder: Holder, password: str) -> bool:
     """Delete a holder account after the password is entered again. The certificate register is untouched."""
     if not holder.check_password(password):
-        logger.warning("Account deletion refused for holder %s: wrong password", mask_id_number(holder.id_number))
+        logger.warning("Account deletion rejected for holder %s: wrong password", mask_id_number(holder.id_number))
         return False
     masked = mask_id_number(holder.id_number)
     db.session.execute(delete(PasswordResetCode).where(PasswordResetCode.holder_id == holder.id))
@@ -255,7 +255,7 @@ def _holder_by_id_and_phone(id_number: str, phone: str) -> Holder | None:
 def request_reset(id_number: str, phone: str) -> None:
     """Send a reset code by SMS when the ID number and mobile number belong to one account.
 
-    The caller shows the same answer either way, so the form cannot tell
+    The caller shows the same response either way, so the form cannot tell
     which accounts exist.
     """
     from .sms import sms_sender
@@ -263,7 +263,7 @@ def request_reset(id_number: str, phone: str) -> None:
     holder = _holder_by_id_and_phone(id_number, phone)
     masked = mask_id_number(id_number.strip())
     if holder is None:
-        # Spend comparable time so the two paths cannot be told apart by timing either.
+        # Spend comparable time so the two paths cannot be distinguished by timing either.
         _code_hash(secrets.token_hex(4))
         logger.info("Password reset requested for unknown account %s", masked)
         return
@@ -295,13 +295,13 @@ def reset_password(id_number: str, phone: str, code: str, new_password: str) -> 
     )
     if row is None or _aware(row.expires_at) < now or row.attempts >= RESET_CODE_MAX_ATTEMPTS:
         _spend_equal_time(new_password)
-        logger.warning("Password reset refused for holder %s: no usable code", masked)
+        logger.warning("Password reset rejected for holder %s: no usable code", masked)
         return False
     if not hmac.compare_digest(row.code_hash, _code_hash("".join((code or "").split()))):
         row.attempts += 1
         db.session.commit()
         _spend_equal_time(new_password)
-        logger.warning("Password reset refused for holder %s: wrong code (attempt %s)", masked, row.attempts)
+        logger.warning("Password reset rejected for holder %s: wrong code (attempt %s)", masked, row.attempts)
         return False
     row.used_at = now
     holder.set_password(new_password)

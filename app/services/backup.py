@@ -33,7 +33,7 @@ SQLITE_PAGES_PER_STEP = 4096
 
 
 class BackupError(RuntimeError):
-    """A backup or restore that could not run; the message says why and what to do."""
+    """A backup or restore that could not run; the message gives the reason and the fix."""
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def _no_progress(done: int, total: int | None = None, message: str | None = None
 
 @dataclass
 class ImportPlan:
-    """What planning or applying a batch found: counts per outcome and file-level notices."""
+    """The result of planning or applying a batch: counts per outcome and file-level notices."""
 
     filename: str
     sha256: str
@@ -385,7 +385,7 @@ def apply_batch(
 def _claim(batch: ImportBatch) -> None:
     """Move the batch out of preview first, so of two simultaneous confirms only one goes on.
 
-    The conditional UPDATE holds the row (PostgreSQL) or the database (SQLite)
+    The conditional UPDATE locks the row (PostgreSQL) or the database (SQLite)
     until commit, and the loser finds the state no longer 'preview'.
     """
     claimed = db.session.execute(
