@@ -63,6 +63,11 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
         # A copy: the default dict lives in app.config and is shared by every app in this process.
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
+    if app.config.get("LOOKUP_DATABASE_URL"):
+        # Flask-SQLAlchemy creates one engine per bind; lookup.lookup_engine picks this one.
+        binds = dict(app.config.get("SQLALCHEMY_BINDS") or {})
+        binds["lookup"] = app.config["LOOKUP_DATABASE_URL"]
+        app.config["SQLALCHEMY_BINDS"] = binds
     if app.config.get("TESTING"):
         # Fixed keys, so test and benchmark databases stay readable across runs.
         app.config["ID_NUMBER_KEY"] = app.config.get("ID_NUMBER_KEY") or "test-id-number-key-not-for-production"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 
-from flask import Flask, flash, make_response, redirect, request, session, url_for
+from flask import Flask, flash, make_response, redirect, session, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import login_user
 
 from .extensions import db, login_manager
 from .models import Holder, StaffUser
-from .web import hx_redirect, is_htmx
+from .web import hx_redirect, is_htmx, login_next
 
 _USER_TYPES = {"staff": StaffUser, "holder": Holder}
 SESSION_VERSION_KEY = "sv"
@@ -37,7 +37,7 @@ def load_user(user_id: str) -> StaffUser | Holder | None:
 @login_manager.unauthorized_handler
 def unauthorized():
     """Send the visitor to the holder login; htmx gets HX-Redirect so the whole page changes."""
-    target = url_for("holders.login", next=request.full_path if request.method == "GET" else None)
+    target = url_for("holders.login", next=login_next())
     if is_htmx():
         return hx_redirect(make_response("", 401), target)
     flash(str(login_manager.login_message), "info")

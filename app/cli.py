@@ -12,9 +12,10 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from . import PROJECT_ROOT
-from .domain.catalogue import KIND_CERTIFICATE, KIND_PASS
+from .domain.catalogue import KIND_CERTIFICATE, KIND_PASS, Catalogue
 from .domain.documents import MissingGlyphError
 from .domain.roster import RosterFileError, guess_from_filename
+from .domain.roster_read import EXAM, KIND, open_roster
 from .extensions import db
 from .models import Certificate, ImportBatch, StaffUser
 from .services import accounts, batches
@@ -77,8 +78,11 @@ def create_staff(username: str, role: str, generate: bool) -> None:
 
 @roster_cli.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--exam", help="考试项目，文件中没有考试项目列时必须指定，例如 二级建造师。")
-@click.option("--kind", type=click.Choice(list(KIND_CHOICES)), help="证书类别：证书 或 合格证明。")
+@click.option("--exam", help="考试项目，文件中没有考试项目列、文件名中也没有考试名称时必须指定，例如 二级建造师。")
+@click.option(
+    "--kind", type=click.Choice(list(KIND_CHOICES)),
+    help="证书类别：证书 或 合格证明。文件中没有证书类别列、文件名中也没有“证书”或“合格证明”时必须指定。",
+)
 @click.option("--dry-run", is_flag=True, help="只检查并输出结果，不写入证书库。")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="逐行结果报告（CSV）的保存路径。")
 @click.option("--apply-changes", is_flag=True, help="更正证书编号相同、同一人但内容不同的已有记录；不加时这些行按拒绝报告并列出差异。")
@@ -90,15 +94,21 @@ def import_roster(
     """Import an exam-result roster (XLSX or CSV)."""
     if report:
         _check_output_path(report)
-    guessed_exam, guessed_kind = guess_from_filename(file.name, load_catalogue())
+    catalogue = load_catalogue()
+    guessed_exam, guessed_kind = guess_from_filename(file.name, catalogue)
+    chosen_exam = exam or guessed_exam
+    chosen_kind = KIND_CHOICES.get(kind) if kind else guessed_kind
     progress = _stderr_progress(file)
     try:
         plan, batch = batches.import_file(
-            file, exam=exam or guessed_exam, kind=KIND_CHOICES.get(kind) if kind else guessed_kind, actor="cli",
+            file, exam=chosen_exam, kind=chosen_kind, actor="cli",
             dry_run=dry_run, apply_changes=apply_changes, include_hidden=include_hidden, progress=progress,
         )
     except RosterFileError as error:
-        raise click.ClickException(f"{error}（命令行用 --exam 指定考试项目，用 --kind 指定证书类别）") from error
+        missing = None
+        if chosen_exam is None or chosen_kind is None:
+            missing = _missing_choice(file, chosen_exam, chosen_kind, catalogue)
+        raise click.ClickException(missing or error.reason) from error
 
     if report:
         body = plan.report if batch is None else batches.batch_report_csv(batch)
@@ -106,6 +116,37 @@ def import_roster(
     for notice in plan.notices:
         click.echo(f"注意：{notice}", err=True)
     _echo_counts(plan, batch, dry_run)
+
+
+def _missing_choice(file: Path, exam: str | None, kind: str | None, catalogue: Catalogue) -> str | None:
+    """Return the options to add when the import failed for lack of an exam or kind, else None.
+
+    Called only after a failed import, so a large file is not opened twice on
+    success. The kind is never derived from the exam, because each qualification
+    exam issues both certificates and pass certificates (合格证明, for added
+    specialties), and so do the title exams.
+    """
+    if file.suffix.lower() not in batches.ALLOWED_SUFFIXES:
+        return None
+    try:
+        with open_roster(file) as table:
+            columns = table.header.columns
+    except RosterFileError:
+        return None  # the file itself is unusable, and the import's own message gives the reason
+    problems = []
+    if exam is None and EXAM not in columns:
+        problems.append(
+            "没有「考试项目」列，文件名中也没有考试名称：请加 --exam 指定考试项目，例如 --exam 二级建造师"
+            f"（可选：{'、'.join(catalogue.exams)}）"
+        )
+    if kind is None and KIND not in columns:
+        problems.append(
+            "没有「证书类别」列，文件名中也没有“证书”或“合格证明”：请加 --kind 证书（职业资格证书、职称考试证书）"
+            "或 --kind 合格证明（增报专业、职称考试的合格证明）；同一考试两种都会签发，无法从考试项目推断"
+        )
+    if not problems:
+        return None
+    return f"文件「{file.name}」" + "；".join(problems) + "。"
 
 
 # Files above this size get a progress line on stderr (about 10,000 XLSX rows).

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
-from flask import Flask, current_app, flash, make_response, redirect, render_template, request
+from flask import Flask, current_app, flash, jsonify, make_response, redirect, render_template, request
+from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from .extensions import limiter
 from .web import is_htmx
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,10 @@ def register(app: Flask) -> None:
             return redirect(request.full_path if request.query_string else request.path, 303)
         return render_template("error.html", code=400, message=message), 400
 
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limit_error(error: RateLimitExceeded):
+        return too_many_requests(retry_after_seconds(error))
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         code = error.code or 500
@@ -52,6 +59,37 @@ def register(app: Flask) -> None:
         logger.exception("Incident %s on %s %s", incident, request.method, request.path)
         message = f"系统出现错误，请稍后再试。如需联系我们，请提供事件编号 {incident}。"
         return render_template("error.html", code=500, message=message, incident=incident), 500
+
+
+def retry_after_seconds(error: RateLimitExceeded) -> int:
+    """Return the seconds until the breached limit's window resets, or the window length when unknown."""
+    breached = limiter.current_limit
+    if breached is not None:
+        return max(1, int(breached.reset_at - time.time()))
+    return max(1, int(error.limit.limit.get_expiry()))
+
+
+def too_many_requests(retry_after: int, message: str | None = None):
+    """Return a 429 response with a Retry-After header: JSON under /api/, otherwise the error page."""
+    message = message or f"请求过于频繁，请在 {retry_after} 秒后再试。"
+    if request.path.startswith("/api/"):
+        response = jsonify(error=message, retry_after=retry_after)
+        response.status_code = 429
+    else:
+        response = make_response(render_template("error.html", code=429, message=message), 429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def input_error(message: str, status: int = 400):
+    """Return `message` as an error page, or to htmx as a fragment for the page's message area."""
+    if is_htmx():
+        # htmx does not swap 4xx responses, so send 200 and put the message in the page's message area.
+        response = make_response(render_template("_messages.html", flash_messages=[("error", message)]))
+        response.headers["HX-Retarget"] = "#messages"
+        response.headers["HX-Reswap"] = "innerHTML"
+        return response
+    return render_template("error.html", code=status, message=message), status
 
 
 def _accepts_get(path: str) -> bool:

@@ -1,11 +1,13 @@
 """Write instance/config.py with fresh random keys, for a demo or a first install.
 
-Run as `python -m app.instance_setup`. An existing file is left alone, because
+Run as `python -m app.instance_setup`. The file goes to the folder
+CERT_INSTANCE_PATH names, or to instance/ in the project. An existing file is left alone, because
 replacing its QR keys would invalidate every printed QR code.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -51,8 +53,13 @@ def write_instance_config(instance_dir: Path, base_url: str = "http://127.0.0.1:
     return True
 
 
+def instance_directory() -> Path:
+    """Return the instance folder the app reads: CERT_INSTANCE_PATH, else instance/ in the project (as create_app does)."""
+    return Path(os.environ.get("CERT_INSTANCE_PATH") or PROJECT_ROOT / "instance")
+
+
 def main() -> int:
-    instance_dir = PROJECT_ROOT / "instance"
+    instance_dir = instance_directory()
     if write_instance_config(instance_dir):
         print(f"已生成 {instance_dir / 'config.py'}（含随机密钥，请妥善保管）。")
     else:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
-from .id_numbers import EncryptedIdNumber, hash_default, id_hash
+from .id_numbers import EncryptedIdNumber, EncryptedJSON, EncryptedText, hash_default, id_hash, mask_id_numbers
 
 STATUS_VALID = "valid"
 STATUS_REVOKED = "revoked"
@@ -94,6 +94,8 @@ class StaffUser(UserMixin, db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Base32 TOTP secret; NULL until the second factor is enrolled at the first login.
     totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Time step (Unix time // 30) of the last accepted TOTP code; a code of this step or an earlier one is refused.
+    totp_last_step: Mapped[int | None] = mapped_column()
     # Bumped by logout and password changes; sessions carrying an older value are ended.
     session_version: Mapped[int] = mapped_column(default=1, server_default="1")
 
@@ -157,7 +159,8 @@ class ImportBatch(db.Model):
     imported_count: Mapped[int] = mapped_column(default=0)
     rejected_count: Mapped[int] = mapped_column(default=0)
     skipped_count: Mapped[int] = mapped_column(default=0)
-    report_csv: Mapped[str | None] = mapped_column(Text)  # batches confirmed before batch_row existed
+    # Batches confirmed before batch_row existed; encrypted, because reasons may quote an ID number.
+    report_csv: Mapped[str | None] = mapped_column(EncryptedText("import_batch.report_csv"))
     # Rows that would change an existing record of the same person; applied only when staff tick them.
     changed_count: Mapped[int] = mapped_column(default=0, server_default="0")
     applied_count: Mapped[int] = mapped_column(default=0, server_default="0")  # changes applied at confirm
@@ -183,13 +186,14 @@ class BatchRow(db.Model):
     batch_id: Mapped[int] = mapped_column(ForeignKey("import_batch.id", ondelete="CASCADE"))
     row: Mapped[int] = mapped_column()  # spreadsheet row number
     outcome: Mapped[str] = mapped_column(String(20))
-    reason: Mapped[str] = mapped_column(Text, default="")
+    # record, cells, changes and reason hold ID numbers, so each is encrypted with ID_NUMBER_KEY (app/id_numbers.py).
+    reason: Mapped[str] = mapped_column(EncryptedText("batch_row.reason"), default="")
     hidden: Mapped[str] = mapped_column(String(10), default="")  # "", "hidden" or "filtered"
     number: Mapped[str | None] = mapped_column(String(32))
     name: Mapped[str | None] = mapped_column(String(50))
-    record: Mapped[dict | None] = mapped_column(JSON)  # RecordData, dates as ISO text; imported and changed rows
-    cells: Mapped[list | None] = mapped_column(JSON)  # raw cells of a rejected row, for the rejected-rows workbook
-    changes: Mapped[dict | None] = mapped_column(JSON)  # field -> [stored, new] for a changed row
+    record: Mapped[dict | None] = mapped_column(EncryptedJSON("batch_row.record"))  # RecordData, dates as ISO text; imported and changed rows
+    cells: Mapped[list | None] = mapped_column(EncryptedJSON("batch_row.cells"))  # raw cells of a rejected row, for the rejected-rows workbook
+    changes: Mapped[dict | None] = mapped_column(EncryptedJSON("batch_row.changes"))  # field -> [stored, new] for a changed row
     certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificate.id", ondelete="SET NULL"))
     applied: Mapped[bool] = mapped_column(default=False)  # a changed row that confirm applied
 
@@ -252,6 +256,8 @@ class Job(db.Model):
     created_by: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Latest progress write of a running job; a job silent for JOB_STALE_SECONDS counts as interrupted.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint("state IN ('queued', 'running', 'done', 'failed')", name="state"),)
@@ -269,6 +275,11 @@ class AuditEntry(db.Model):
     # Field values of the target before and after a change; NULL for actions that change no record.
     before: Mapped[dict | None] = mapped_column(JSON)
     after: Mapped[dict | None] = mapped_column(JSON)
+
+    @validates("detail", "before", "after")
+    def _mask_id_numbers(self, _key: str, value):
+        # Kept in clear and never updated, so no whole ID number goes in and a key rotation need not touch it.
+        return mask_id_numbers(value)
 
 
 class CertificateVersion(db.Model):

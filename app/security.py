@@ -9,6 +9,8 @@ import time
 from flask import Flask, Response, request, session
 from flask_login import logout_user
 
+from .domain.id_number_text import mask_id_numbers_in_text
+
 logger = logging.getLogger(__name__)
 
 # htmx is configured in templates/base.html not to inject styles or eval code,
@@ -29,12 +31,21 @@ SECURITY_HEADERS = {
 }
 ISSUED_AT_KEY = "iat"
 LAST_SEEN_KEY = "seen"
-# Rewrite the last-seen stamp at most this often, so not every response sets a cookie.
+# Rewrite the last-seen stamp at most this often, so not every response sets a cookie:
+# a tenth of the idle limit, and never less often than every SEEN_RESOLUTION_SECONDS.
 SEEN_RESOLUTION_SECONDS = 60
+SEEN_RESOLUTION_FRACTION = 0.1
+
+
+def seen_resolution_seconds(idle_limit_seconds: float) -> float:
+    """Return the resolution of the last-seen stamp, which is also how much earlier than configured an idle session can end."""
+    return min(SEEN_RESOLUTION_SECONDS, idle_limit_seconds * SEEN_RESOLUTION_FRACTION)
 
 
 def configure_security(app: Flask) -> None:
     install_log_sanitiser()
+    # Registered after CSRFProtect's check, so a form with a bad token still gets the CSRF error page.
+    app.before_request(reject_nul_characters)
 
     @app.before_request
     def expire_session() -> None:
@@ -50,7 +61,7 @@ def configure_security(app: Flask) -> None:
             logout_user()
             session.clear()
             return
-        if now - seen > SEEN_RESOLUTION_SECONDS:
+        if now - seen > seen_resolution_seconds(idle_limit):
             session[LAST_SEEN_KEY] = now
 
     @app.after_request
@@ -79,6 +90,65 @@ def current_address() -> str | None:
     return request.remote_addr
 
 
+# --- NUL characters in requests --------------------------------------------------
+
+# PostgreSQL rejects NUL in text values, so a query or an insert carrying one fails
+# with a 500. The public lookups handle NUL themselves: they return "not found"
+# exactly as for a miss, so NUL reveals nothing and gets no message of its own.
+NUL_EXEMPT_ENDPOINTS = frozenset({"public.verify", "public.api_verify", "static"})
+# Field values never echoed in the rejection message.
+UNECHOED_FIELDS = re.compile(r"password|confirm|code|token|captcha|id_number|login|secret", re.IGNORECASE)
+FIELD_LABELS = {
+    "q": "搜索内容",
+    "login": "登录账号",
+    "username": "用户名",
+    "password": "密码",
+    "confirm": "确认密码",
+    "name": "姓名或名称",
+    "id_number": "证件号码",
+    "phone": "手机号码",
+    "reason": "原因",
+    "actor": "操作人",
+    "action": "操作",
+    "target": "对象",
+}
+
+
+def find_nul_field() -> tuple[str, str | None] | None:
+    """Return the label of the first query, form or upload field containing NUL, and its value if it may be shown."""
+    has_body = request.method not in ("GET", "HEAD", "OPTIONS")
+    sources = [request.args, request.form] if has_body else [request.args]
+    for values in sources:
+        for key, value in values.items(multi=True):
+            if "\x00" in key:
+                return key.replace("\x00", "\\x00"), None
+            if "\x00" in value:
+                label = f"{FIELD_LABELS[key]}（{key}）" if key in FIELD_LABELS else key
+                return label, None if UNECHOED_FIELDS.search(key) else value
+    if has_body:
+        for key, upload in request.files.items(multi=True):
+            if "\x00" in key or "\x00" in (upload.filename or ""):
+                return "上传文件的文件名", upload.filename or ""
+    return None
+
+
+def reject_nul_characters():
+    """Return a 400 response naming the field when a query, form field or upload file name contains NUL."""
+    if request.endpoint in NUL_EXEMPT_ENDPOINTS:
+        return None
+    found = find_nul_field()
+    if found is None:
+        return None
+    label, value = found
+    echoed_value = "" if value is None else "「%s」" % value.replace("\x00", "\\x00")[:60]
+    logger.warning("Rejected a NUL character in field %s on %s %s", label, request.method, request.path)
+    from .errors import input_error
+
+    return input_error(
+        f"输入项「{label}」的内容{echoed_value}含有不允许的空字符（NUL，\\x00），无法处理。请删除该字符后重新提交。"
+    )
+
+
 # --- logs -------------------------------------------------------------------
 
 # Mainland resident ID numbers (18 characters) and anything else that long and
@@ -89,8 +159,34 @@ _CONTROL = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"})
 
 def sanitise(message: str) -> str:
     """Mask whole ID numbers and escape line breaks, so a log line cannot be forged or leak identities."""
-    masked = _ID_NUMBER.sub(lambda m: m.group(1)[:3] + "*" * (len(m.group(0)) - 5) + m.group(3)[-2:], message)
-    return masked.translate(_CONTROL)
+    return mask_id_numbers_in_log(message).translate(_CONTROL)
+
+
+_traceback_formatter = logging.Formatter()
+
+
+def mask_id_numbers_in_log(text: str) -> str:
+    """Mask whole ID numbers and keep line breaks, for multi-line traceback and stack text.
+
+    Plain numbers keep their first 3 and last 2 characters. Typed forms that the
+    regular expression misses (full-width digits, spaces, letters attached) are
+    then masked by mask_id_numbers_in_text, which keeps 4 at each end.
+    """
+    masked = _ID_NUMBER.sub(lambda m: m.group(1)[:3] + "*" * (len(m.group(0)) - 5) + m.group(3)[-2:], text)
+    return mask_id_numbers_in_text(masked)
+
+
+def sanitise_traceback(record: logging.LogRecord) -> None:
+    """Format the record's exception and stack text now, with ID numbers masked.
+
+    logging.Formatter.format reuses record.exc_text when it is set, so every
+    handler's formatter prints this masked text instead of formatting exc_info
+    again. A handler that reads record.exc_info itself bypasses this.
+    """
+    if record.exc_info and not record.exc_text:
+        record.exc_text = mask_id_numbers_in_log(_traceback_formatter.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = mask_id_numbers_in_log(record.stack_info)
 
 
 _installed = False
@@ -105,6 +201,7 @@ def install_log_sanitiser() -> None:
 
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        sanitise_traceback(record)
         try:
             message = record.getMessage()
         except (TypeError, ValueError):

@@ -179,6 +179,7 @@ def gunicorn(url: str, instance: Path, port: int, workers: int | None = None, se
     command = [str(Path(sys.executable).parent / "gunicorn"), "--config", "deploy/gunicorn.conf.py", "bench.wsgi_bench:app"]
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
     base = f"http://127.0.0.1:{port}"
+    _server_pids[base] = process.pid
     try:
         for _ in range(100):
             try:
@@ -190,21 +191,83 @@ def gunicorn(url: str, instance: Path, port: int, workers: int | None = None, se
             raise RuntimeError(f"gunicorn did not respond on {base} within 20 s")
         yield base
     finally:
+        _server_pids.pop(base, None)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
 
-def wrk_lookup_script(path: Path, rows: int, endpoint: str) -> Path:
-    """Write a wrk Lua script that looks up random synthetic certificates 1..rows at `endpoint`."""
+# Base URL of each running benchmark server -> pid of its gunicorn master.
+_server_pids: dict[str, int] = {}
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: str) -> list[str] | None:
+    """Return the fields of /proc/PID/stat after the command name (field 3 onwards), or None if it has gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def server_cpu_seconds(base: str) -> float:
+    """Return the CPU seconds (user + system) used so far by the server at `base`: master, live and exited workers."""
+    master = str(_server_pids[base])
+    total = 0.0
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        fields = _proc_stat(pid)
+        if fields is None:
+            continue
+        if pid == master:
+            # utime, stime, and the cutime, cstime of workers it has reaped (recycled by max_requests).
+            total += sum(int(value) for value in fields[11:15]) / _CLOCK_TICKS
+        elif fields[1] == master:
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
+
+
+def database_cpu_seconds(database: str) -> dict[str, float]:
+    """Return the CPU seconds used so far by each PostgreSQL backend connected to `database`, by pid (none on SQLite)."""
+    seconds = {}
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if not command.startswith("postgres:") or f" {database} " not in command:
+            continue
+        fields = _proc_stat(pid)
+        if fields is not None:
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return seconds
+
+
+def database_cpu_delta(before: dict[str, float], after: dict[str, float]) -> float:
+    """Return the CPU seconds the backends used between two `database_cpu_seconds` readings.
+
+    A backend that exited in between (its gunicorn worker was recycled) is
+    missing from `after`, so its last CPU time is not counted: an underestimate.
+    """
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+def load_average() -> str:
+    return "%.1f, %.1f, %.1f" % os.getloadavg()
+
+
+def wrk_lookup_script(path: Path, rows: int, endpoint: str, headers: dict[str, str] | None = None) -> Path:
+    """Write a wrk Lua script that looks up random synthetic certificates 1..rows at `endpoint`, sending `headers`."""
     names = ",".join(f'"{urllib.parse.quote(name)}"' for name in NAMES)
+    header_table = ", ".join(f'["{key}"] = "{value}"' for key, value in (headers or {}).items())
     path.write_text(
         f"""
 local names = {{{names}}}
+local headers = {{{header_table}}}
 math.randomseed(os.time())
 request = function()
   local g = math.random(1, {rows})
   local number = string.format("9%011d", g)
-  return wrk.format("GET", "{endpoint}?number=" .. number .. "&name=" .. names[(g % 100) + 1])
+  return wrk.format("GET", "{endpoint}?number=" .. number .. "&name=" .. names[(g % 100) + 1], headers)
 end
 """,
         encoding="utf-8",

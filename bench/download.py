@@ -9,8 +9,11 @@ synthetic faulty roster, registers and logs in one holder, downloads the
 holder's PDF once to fill the cache, then times GET requests through
 Flask's test client, interleaved: the cached PDF, the same bytes as a static
 file through `send_from_directory` (what Flask's own static route does),
-and a conditional GET answered 304. It prints a Markdown table for
-docs/benchmarks.md.
+a conditional GET answered 304, the cached PDF with
+PDF_ACCEL_REDIRECT_PREFIX set (the app's part when nginx sends the bytes;
+no nginx runs here), and an empty response behind `login_required` (the
+floor that loading the logged-in holder sets). It prints a Markdown table
+for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-download-"))
     os.environ["CERT_INSTANCE_PATH"] = str(scratch / "instance")
     from flask import send_from_directory
+    from flask_login import login_required
     from flask_migrate import upgrade
     from sqlalchemy import select
 
@@ -74,6 +78,7 @@ def main() -> None:
     static_dir.mkdir()
     app.add_url_rule("/bench-static/<path:filename>", "bench_static",
                      lambda filename: send_from_directory(static_dir, filename))
+    app.add_url_rule("/bench-login-only", "bench_login_only", login_required(lambda: ""))
     try:
         with app.app_context():
             upgrade()
@@ -98,22 +103,27 @@ def main() -> None:
         etag = first.headers["ETag"]
         (static_dir / "certificate.pdf").write_bytes(first.data)
 
-        cached, static, conditional = [], [], []
+        cached, static, conditional, accel, login_only = [], [], [], [], []
         for _ in range(options.requests):
             cached.append(timed_get(client, url))
             static.append(timed_get(client, "/bench-static/certificate.pdf"))
             conditional.append(timed_get(client, url, {"If-None-Match": etag}))
-        # The cache lookup and response alone, without login, ownership check and
+            app.config["PDF_ACCEL_REDIRECT_PREFIX"] = "/_protected/pdf-cache/"
+            accel.append(timed_get(client, url))
+            app.config["PDF_ACCEL_REDIRECT_PREFIX"] = None
+            login_only.append(timed_get(client, "/bench-login-only"))
+        # The cache key and response alone, without login, ownership query and
         # the download event that the route records, against the static file.
         from app.holders.routes import _pdf_response
 
         response_only, static_only = [], []
         with app.app_context():
             certificate = db.session.scalar(select(Certificate).where(Certificate.number == number))
+            source = certificates.source_of(certificate)
             for _ in range(options.requests):
                 with app.test_request_context(url):
                     wall, cpu = time.perf_counter(), time.process_time()
-                    _pdf_response(certificate, "attachment").get_data()
+                    _pdf_response(certificates.cache_entry(source), number, "attachment").get_data()
                     response_only.append((time.perf_counter() - wall, time.process_time() - cpu, 200))
                 with app.test_request_context("/bench-static/certificate.pdf"):
                     wall, cpu = time.perf_counter(), time.process_time()
@@ -124,6 +134,8 @@ def main() -> None:
                     static_only.append((time.perf_counter() - wall, time.process_time() - cpu, 200))
         assert {status for *_, status in cached} == {200}
         assert {status for *_, status in conditional} == {304}
+        assert {status for *_, status in accel} == {200}
+        assert {status for *_, status in login_only} == {200}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -136,11 +148,15 @@ def main() -> None:
     print("| --- | --- | --- |")
     print(f"| first download: render, sign, store | {first_render_s * 1000:.1f} | – |")
     for label, samples in [("cached PDF download", cached), ("same bytes as a static file", static),
-                           ("conditional GET, 304", conditional)]:
+                           ("conditional GET, 304", conditional),
+                           ("cached PDF as X-Accel-Redirect, empty body", accel),
+                           ("empty response behind login_required", login_only)]:
         print(f"| {label} | {median_ms(samples, 0):.2f} | {median_ms(samples, 1):.2f} |")
     print(f"| ratio cached / static | {median_ms(cached, 0) / median_ms(static, 0):.2f}× | "
           f"{median_ms(cached, 1) / median_ms(static, 1):.2f}× |")
-    print(f"| cache lookup and PDF response only (no login, ownership check or event) | "
+    print(f"| ratio login_required only / static | {median_ms(login_only, 0) / median_ms(static, 0):.2f}× | "
+          f"{median_ms(login_only, 1) / median_ms(static, 1):.2f}× |")
+    print(f"| cache key and PDF response only (no login, ownership query or event) | "
           f"{median_ms(response_only, 0):.2f} | {median_ms(response_only, 1):.2f} |")
     print(f"| static file response only | {median_ms(static_only, 0):.2f} | {median_ms(static_only, 1):.2f} |")
     print(f"| ratio response only / static only | {median_ms(response_only, 0) / median_ms(static_only, 0):.2f}× | "

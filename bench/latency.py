@@ -1,6 +1,6 @@
 """Lookup latency at fixed arrival rates (open loop), and the rate where p99 passes 20 ms.
 
-    .venv/bin/python -m bench.latency [--db postgresql|sqlite] [--rows 1000000] [--rates 25,50,100,150,200,300] [--seconds 10]
+    .venv/bin/python -m bench.latency [--db postgresql|sqlite] [--rows 1000000] [--rates 50,100,200,300,400,500] [--seconds 10]
 
 Requests to /api/v1/verify are started on schedule (one every 1/rate s) whether
 or not earlier ones have answered, and each latency is measured from its
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql", help="database engine")
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic certificates in the register")
-    parser.add_argument("--rates", default="25,50,100,150,200,300", help="arrival rates to try, requests per second")
+    parser.add_argument("--rates", default="50,100,200,300,400,500", help="arrival rates to try, requests per second")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each rate step, in seconds")
     args = parser.parse_args()
 

@@ -2,7 +2,9 @@
 
 Builds a fresh SQLite database in a temporary folder with N audit entries,
 N lookup events spread over 365 days and N/5 download events, then times each
-operation once in this process. Run from the repository root:
+operation once in this process. The two audit-log exports run the code behind
+/admin/audit.csv and /admin/audit.xlsx in a child process each, so each
+one's peak RSS is its own and not the filling step's. Run from the repository root:
 
     .venv/bin/python bench/records_bench.py [--entries 100000]
 """
@@ -13,6 +15,7 @@ import argparse
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,22 +69,53 @@ def fill(entries: int) -> None:
         db.session.commit()
 
 
+def make_app(folder: str):
+    os.environ["CERT_INSTANCE_PATH"] = folder
+    from app import create_app
+
+    return create_app({
+        "TESTING": True, "SECRET_KEY": SECRET_KEY, "QR_TOKEN_KEYS": [QR_KEY], "ID_NUMBER_KEY": ID_NUMBER_KEY,
+        "ID_HASH_KEY": ID_HASH_KEY, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder}/bench.db",
+        "RATELIMIT_ENABLED": False,
+    })
+
+
+def export_step(folder: str, kind: str) -> None:
+    """Run one audit-log export as its route does, consuming the output; print time, size and peak RSS."""
+    from app.services import audit, exports
+
+    app = make_app(folder)
+    with app.app_context():
+        everything = audit.AuditFilter()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        start = time.perf_counter()
+        cpu = time.process_time()
+        if kind == "csv":
+            size = sum(len(chunk.encode("utf-8")) for chunk in exports.audit_csv_chunks(everything))
+        else:
+            size = len(exports.audit_xlsx_bytes(everything))
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"audit {kind.upper()} export, all rows: {elapsed:.2f} s (CPU {cpu:.2f} s), {size / 1e6:.1f} MB, "
+          f"peak RSS of its process {peak} MB ({before} MB before the export)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000, help="audit entries and lookup events to create")
+    parser.add_argument("--export-step", nargs=2, metavar=("FOLDER", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.export_step:
+        export_step(*args.export_step)
+        return
 
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["CERT_INSTANCE_PATH"] = folder
         from flask_migrate import upgrade
 
-        from app import create_app
         from app.services import audit, events, stats
 
-        app = create_app({
-            "TESTING": True, "SECRET_KEY": SECRET_KEY, "QR_TOKEN_KEYS": [QR_KEY], "ID_NUMBER_KEY": ID_NUMBER_KEY,
-            "ID_HASH_KEY": ID_HASH_KEY, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder}/bench.db",
-        })
+        app = make_app(folder)
         with app.app_context():
             upgrade()
             timed(f"fill {args.entries} audit entries and lookup events", lambda: fill(args.entries))
@@ -90,8 +124,10 @@ def main() -> None:
             timed("stats.issued", stats.issued)
             timed("audit page 1 (100 rows)", lambda: audit.search(everything))
             timed("audit filter by actor", lambda: audit.search(audit.AuditFilter(actor="clerk3")))
-            timed("audit CSV export, all rows", lambda: audit.export_csv(everything))
-            timed("audit XLSX export, all rows", lambda: audit.export_xlsx(everything))
+        print(f"peak RSS of the filling process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+        for kind in ("csv", "xlsx"):
+            subprocess.run([sys.executable, __file__, "--export-step", folder, kind], check=True)
+        with app.app_context():
             timed("events purge (180 days)", lambda: events.purge(days=180))
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")

@@ -5,7 +5,7 @@
 Fills its own database (certbench_scale) step by step with set-based INSERT ...
 SELECT generate_series, then times the lookup service (app.services.lookup.verify,
 the query behind /verify and the API, without HTTP) for random numbers at each
-size. About 2.5 GB of disk at 10M rows.
+size. About 4.6 GB of disk at 10M rows (PostgreSQL 15).
 """
 
 from __future__ import annotations

@@ -83,3 +83,17 @@ def post_fork(server, worker):
     with app.app_context():
         for engine in db.engines.values():
             engine.dispose(close=False)
+
+
+def worker_exit(server, worker):
+    """Write the worker's buffered lookup and download events as it exits (restart, max_requests, shutdown).
+
+    gunicorn calls this in the worker after a graceful stop; a worker killed
+    for a timeout never gets here and loses its buffered events.
+    """
+    from app.services import events
+
+    app = server.app.wsgi()
+    with app.app_context():
+        events.flush_lookups()
+        events.flush_downloads()

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 DB_NAME="${1:-cert_deploy_smoke}"
 PG="postgresql+psycopg://postgres@127.0.0.1:5432/${DB_NAME}"
-REDIS_DB=13
+REDIS_DB=12  # tests/test_security_lookup.py flushes database 13, so the two can run together
 APP_PORT=18080
 HTTP_PORT=18081
 HTTPS_PORT=18443

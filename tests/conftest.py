@@ -103,6 +103,7 @@ def _empty_records(request):
     with app.app_context():
         db.session.rollback()
         events.flush_lookups()  # so no buffered lookup of this test lands in the next one
+        events.flush_downloads()  # and no buffered download either
         for model in RECORD_TABLES:
             if model is AuditEntry:
                 _delete_audit_entries()

@@ -7,7 +7,9 @@ then looks a certificate up through the lookup service on the restored copy.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import threading
 from pathlib import Path
 
@@ -57,6 +59,29 @@ def test_backup_file_written(drill):
     assert path.is_file()
     assert path.stat().st_size > 0
     assert path.suffix in {backup.SQLITE_SUFFIX, backup.POSTGRES_SUFFIX}
+
+
+def test_backup_file_private(app, runner, tmp_path):
+    # A umask of 022 would give 0644, but the backup contains personal data, so it must be 0600.
+    old_umask = os.umask(0o022)
+    try:
+        path = _backup_file(runner, tmp_path / "backups")
+    finally:
+        os.umask(old_umask)
+
+    assert stat.S_IMODE(path.stat().st_mode) == backup.BACKUP_FILE_MODE
+    assert backup.BACKUP_FILE_MODE == 0o600
+
+
+def test_backup_replaces_leftover_partial_mode(app, tmp_path):
+    leftover = tmp_path / "certificates.sqlite3.partial"
+    leftover.write_bytes(b"left by a failed run")
+    leftover.chmod(0o644)
+
+    backup._create_private(leftover)
+
+    assert stat.S_IMODE(leftover.stat().st_mode) == 0o600
+    assert leftover.stat().st_size == 0
 
 
 def test_restore_into_empty_database(drill):

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditEntry, BatchRow, Certificate, CertificateVersion, ImportBatch
-from app.services import issuing
+from app.services import batches, issuing
 
 from app.domain.roster import RosterFileError
 
@@ -387,3 +387,254 @@ def test_parallel_confirms_apply_once(app):
         assert db.session.scalar(select(func.count(Certificate.id))) == 600
         confirms = db.session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.action == "batch.confirm"))
         assert confirms == 1
+
+
+# --- Stored previews: GET pages never preview --------------------------------
+
+
+def write_far_cell_xlsx(path, address: str):
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(HEADER)
+    sheet.append(person(1, ZHANG, "202421900001"))
+    sheet[address] = "x"
+    workbook.save(path)
+    return path
+
+
+def test_far_cell_upload_shows_stored_reason(app, staff_client, login_staff, tmp_path):
+    batch_id = upload(staff_client, write_far_cell_xlsx(tmp_path / "far.xlsx", "J1048576"), "far.xlsx")
+    # Without the file a second preview would fail with a server error, so a 200 shows none ran.
+    with app.app_context():
+        batches.stored_path(db.session.get(ImportBatch, batch_id)).unlink()
+    auditor = login_staff("far-auditor", "auditor")
+
+    for client in (staff_client, auditor):
+        response = client.get(f"/admin/batches/{batch_id}")
+        assert response.status_code == 200
+        assert "J1048576" in response.get_data(as_text=True)
+    report = staff_client.get(f"/admin/batches/{batch_id}/report.csv", follow_redirects=True)
+    assert report.status_code == 200
+    assert "还没有预览结果" in report.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(ImportBatch, batch_id).previewed_at is None
+
+
+def test_unfinished_preview_not_run_by_get(app, login_staff, tmp_path):
+    from app.services import batches as batch_service
+
+    path = write_xlsx(tmp_path / "r.xlsx", [HEADER, person(1, ZHANG, "202421900001")])
+    with app.app_context():
+        stored = batch_service.store_upload(path, "r.xlsx")
+        batch_id = batch_service.create_batch(stored, "r.xlsx", exam="二级建造师", kind="certificate", actor="test").id
+    auditor = login_staff("unfinished-auditor", "auditor")
+
+    page = auditor.get(f"/admin/batches/{batch_id}")
+    report = auditor.get(f"/admin/batches/{batch_id}/report.csv")
+
+    assert page.status_code == 200
+    assert "预览没有完成" in page.get_data(as_text=True)
+    assert report.status_code == 303
+    with app.app_context():
+        assert db.session.get(ImportBatch, batch_id).previewed_at is None
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "heartbeat_seconds", "state"),
+    [(2 * 3600, None, "failed"), (60, None, "running"), (2 * 3600, 60, "running"), (2 * 3600, 3600, "failed")],
+    ids=["old-no-heartbeat", "young", "old-recent-heartbeat", "old-silent-heartbeat"],
+)
+def test_stale_job_shown_interrupted(app, staff_client, tmp_path, age_seconds, heartbeat_seconds, state):
+    from datetime import datetime, timedelta, timezone
+
+    from app.models import Job
+    from app.services import batches as batch_service
+
+    path = write_xlsx(tmp_path / "r.xlsx", [HEADER, person(1, ZHANG, "202421900001")])
+    now = datetime.now(timezone.utc)
+    started = now - timedelta(seconds=age_seconds)
+    heartbeat = None if heartbeat_seconds is None else now - timedelta(seconds=heartbeat_seconds)
+    with app.app_context():
+        stored = batch_service.store_upload(path, "r.xlsx")
+        batch = batch_service.create_batch(stored, "r.xlsx", exam="二级建造师", kind="certificate", actor="test")
+        # A job whose worker died: still "running" in the table.
+        job = Job(kind="batch.preview", state="running", created_by="test", target=f"batch:{batch.id}",
+                  created_at=started, started_at=started, heartbeat_at=heartbeat)
+        db.session.add(job)
+        db.session.flush()
+        batch.job_id = job.id
+        db.session.commit()
+        batch_id, job_id = batch.id, job.id
+
+    page = staff_client.get(f"/admin/batches/{batch_id}").get_data(as_text=True)
+    progress = staff_client.get(f"/admin/batches/{batch_id}/progress")
+
+    with app.app_context():
+        assert db.session.get(Job, job_id).state == state
+    if state == "failed":
+        assert "任务已中断" in page
+        assert "重新上传" in page
+        assert progress.headers.get("HX-Refresh") == "true"
+    else:
+        assert 'hx-trigger="every 1s"' in progress.get_data(as_text=True)
+
+
+# --- Rejected rows: formulas, control and bidi characters ---------------------
+
+
+def write_csv(path, rows):
+    import csv
+
+    with open(path, "w", encoding="utf-8-sig", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def test_rejected_xlsx_escapes_header_and_control_characters(app, staff_client, tmp_path):
+    formula = '=HYPERLINK("http://127.0.0.1:9/","x")'
+    control = person(2, LI, "202421900002")
+    control[3] = LI[2] + "\x01"
+    rows = [HEADER + [formula], person(1, ZHANG, "202421900001") + ["a"], control + ["\x02b"]]
+    batch_id = upload(staff_client, write_csv(tmp_path / "r.csv", rows), "r.csv")
+
+    response = staff_client.get(f"/admin/batches/{batch_id}/rejected.xlsx")
+    assert response.status_code == 200
+    sheet = load_workbook(io.BytesIO(response.data)).active
+    header = [cell for cell in next(sheet.iter_rows(min_row=1, max_row=1))]
+    rejected = [cell.value for cell in next(sheet.iter_rows(min_row=2, max_row=2))]
+
+    assert header[8].value == "'" + formula
+    assert all(cell.data_type != "f" for row in sheet.iter_rows() for cell in row)
+    assert rejected[3] == LI[2]
+    assert rejected[8] == "b"
+    assert "控制字符" in rejected[9]
+    assert "第 D、I 列" in rejected[9]
+
+
+def test_bidi_character_shown_escaped(app, staff_client, tmp_path):
+    rows = [HEADER, person(1, ZHANG, "202421900001"), person(2, LI, "202399\u202e000001")]
+    batch_id = upload(staff_client, write_csv(tmp_path / "r.csv", rows), "r.csv")
+
+    page = batch_page(staff_client, batch_id)
+    report = staff_client.get(f"/admin/batches/{batch_id}/report.csv").get_data(as_text=True)
+
+    for text in (page, report):
+        assert "202399\\u202e000001" in text
+        assert "\u202e" not in text
+
+
+def test_duplicate_header_upload_names_both_columns(staff_client, tmp_path):
+    rows = [HEADER + ["姓名"], person(1, ZHANG, "202421900001") + ["韩零"]]
+    batch_id = upload(staff_client, write_csv(tmp_path / "r.csv", rows), "r.csv")
+
+    assert "第 B 列「姓名」和第 I 列「姓名」是同一列名" in batch_page(staff_client, batch_id)
+
+
+# --- Batch ZIP export: one job per batch, a bounded number at once -------------
+
+
+@pytest.fixture
+def held_exports(monkeypatch):
+    """Hold every export job before it writes its ZIP until the test releases it."""
+    import threading
+
+    from app.services import exports
+
+    release = threading.Event()
+    real = exports.build_batch_zip
+
+    def held(batch_id, job_id, progress):
+        release.wait(60)
+        return real(batch_id, job_id, progress)
+
+    monkeypatch.setattr(exports, "build_batch_zip", held)
+    yield release
+    release.set()
+
+
+def confirmed_batch(staff_client, tmp_path, name: str, number: str) -> int:
+    batch_id = upload(staff_client, write_xlsx(tmp_path / name, [HEADER, person(1, ZHANG, number)]), name)
+    confirm(staff_client, batch_id)
+    return batch_id
+
+
+def post_export(client, batch_id: int):
+    token = csrf_token(batch_page(client, batch_id))
+    return client.post(f"/admin/batches/{batch_id}/export", data={"csrf_token": token})
+
+
+def wait_for_export_end(app, job_id: int, seconds: float = 120) -> None:
+    from app.models import Job
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with app.app_context():
+            if db.session.get(Job, job_id).state in ("done", "failed"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"export job {job_id} still running after {seconds} s")
+
+
+def test_export_running_job_reused(app, staff_client, tmp_path, held_exports):
+    from app.models import Job
+
+    batch_id = confirmed_batch(staff_client, tmp_path, "e.xlsx", "202421900001")
+
+    first = post_export(staff_client, batch_id)
+    second = post_export(staff_client, batch_id)
+    held_exports.set()
+    job_id = int(first.headers["Location"].rsplit("/", 1)[-1])
+    wait_for_export_end(app, job_id)
+
+    assert second.headers["Location"] == first.headers["Location"]
+    assert "已在进行中" in staff_client.get(second.headers["Location"]).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count(Job.id)).where(Job.kind == "batch_zip")) == 1
+
+
+def test_export_busy_when_limit_reached(app, staff_client, tmp_path, held_exports, monkeypatch):
+    monkeypatch.setitem(app.config, "EXPORT_MAX_CONCURRENT", 1)
+    first_batch = confirmed_batch(staff_client, tmp_path, "a.xlsx", "202421900001")
+    second_batch = confirmed_batch(staff_client, tmp_path, "b.xlsx", "202421900002")
+
+    first = post_export(staff_client, first_batch)
+    busy = post_export(staff_client, second_batch)
+    held_exports.set()
+    wait_for_export_end(app, int(first.headers["Location"].rsplit("/", 1)[-1]))
+
+    assert busy.status_code == 303
+    assert busy.headers["Location"].endswith(f"/admin/batches/{second_batch}")
+    assert "达到同时导出的上限 1 个" in staff_client.get(busy.headers["Location"]).get_data(as_text=True)
+
+
+def test_far_cell_background_job_fails(app, staff_client, tmp_path, monkeypatch):
+    from app.models import Job
+
+    monkeypatch.setitem(app.config, "IMPORT_BACKGROUND_BYTES", 0)
+    batch_id = upload(staff_client, write_far_cell_xlsx(tmp_path / "far.xlsx", "XFD1048576"), "far.xlsx")
+
+    wait_for_job(staff_client, batch_id)
+
+    assert "XFD1048576" in batch_page(staff_client, batch_id)
+    with app.app_context():
+        job_id = db.session.get(ImportBatch, batch_id).job_id
+        assert db.session.get(Job, job_id).state == "failed"
+
+
+def test_progress_writes_heartbeat_when_due(app, monkeypatch):
+    from app.models import Job
+    from app.services import jobs
+
+    with app.app_context():
+        job = jobs.create_job("batch.export", actor="test")
+        progress = jobs.Progress(job.id, every=1000)
+        progress(1, 10)
+        quiet = db.session.get(Job, job.id).heartbeat_at
+        monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0)
+        progress(2, 10)
+        db.session.expire_all()
+        beat = db.session.get(Job, job.id)
+
+    assert quiet is None
+    assert beat.heartbeat_at is not None
+    assert beat.done == 2

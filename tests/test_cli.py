@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
@@ -14,6 +18,8 @@ from app.extensions import db
 from app.models import Certificate, ImportBatch, StaffUser
 
 from .conftest import ROSTER_DIR
+
+PROJECT_ROOT = ROSTER_DIR.parents[2]
 
 FAULTY = ROSTER_DIR / "二级建造师_问题数据样例.xlsx"
 FAULTY_EXPECTED = ROSTER_DIR / "二级建造师_问题数据样例.expected.csv"
@@ -179,6 +185,75 @@ def test_import_without_exam_asks_for_it(runner, tmp_path):
 
     assert result.exit_code != 0
     assert "考试" in result.output
+
+
+# Rosters without a 证书类别 column whose file names name the exam but not the kind.
+KINDLESS_ROSTERS = [
+    "2024年度二级建造师考试合格人员名单.xlsx",
+    "2024年度初级注册安全工程师考试合格人员.xlsx",
+    "二级建造师_问题数据样例.xlsx",
+]
+
+
+@pytest.mark.parametrize("filename", KINDLESS_ROSTERS)
+def test_import_without_kind_names_option(app, runner, filename):
+    result = runner.invoke(args=["roster", "import", str(ROSTER_DIR / filename)])
+
+    assert result.exit_code == 1, result.output
+    assert "没有「证书类别」列" in result.output
+    assert "--kind 证书" in result.output
+    assert "--kind 合格证明" in result.output
+    assert "--exam" not in result.output  # the exam comes from the file name
+    assert certificate_count(app) == 0
+
+
+def test_import_without_exam_or_kind_names_both(app, runner, tmp_path):
+    path = tmp_path / "名单.xlsx"
+    shutil.copy(ROSTER_DIR / "2024年度二级建造师考试合格人员名单.xlsx", path)
+
+    result = runner.invoke(args=["roster", "import", str(path)])
+
+    assert result.exit_code == 1, result.output
+    assert "--exam 二级建造师" in result.output
+    assert "初级注册安全工程师" in result.output  # the exams to choose from
+    assert "--kind 证书" in result.output
+    assert certificate_count(app) == 0
+
+
+def test_import_with_kind_option_succeeds(app, runner):
+    path = ROSTER_DIR / "2024年度二级建造师考试合格人员名单.xlsx"
+
+    result = runner.invoke(args=["roster", "import", str(path), "--kind", "证书"])
+
+    assert result.exit_code == 0, result.output
+    assert "imported=1500 rejected=0 skipped=0" in result.output
+
+
+def test_unreadable_file_without_kind_keeps_reason(runner, tmp_path):
+    path = tmp_path / "empty.xlsx"
+    path.write_bytes(b"")
+
+    result = runner.invoke(args=["roster", "import", str(path)])
+
+    assert result.exit_code == 1
+    assert "是空的" in result.output
+    assert "--kind" not in result.output
+
+
+def test_configuration_error_prints_one_line(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CERT_")}
+    env["CERT_INSTANCE_PATH"] = str(tmp_path / "instance")  # no config.py, so no keys
+    flask = Path(sys.executable).with_name("flask")
+
+    result = subprocess.run(
+        [str(flask), "--app", "wsgi", "routes"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("配置错误（configuration error）：缺少配置项 SECRET_KEY")
 
 
 def test_certificate_render_writes_pdf(app, runner, import_roster, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 import shutil
 import subprocess
@@ -15,12 +16,14 @@ from pathlib import Path
 import pypdfium2
 import pytest
 import zxingcpp
-from PIL import Image
+from PIL import Image, ImageChops
 from pypdf import PdfReader
-from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase import pdfdoc, pdfmetrics
 from sqlalchemy import select as sa_select
+from xhtml2pdf.util import ImageWarning
+from xhtml2pdf.xhtml2pdf_reportlab import PmlImageReader
 
-from app.domain import fonts
+from app.domain import fonts, image_reuse
 from app.domain.catalogue import KIND_CERTIFICATE, KIND_PASS, Seal
 from app.domain.documents import (
     CertificateDocument,
@@ -33,7 +36,16 @@ from app.domain.documents import (
     qr_png,
     render_pdf,
 )
-from app.domain.seals import flatten_alpha, seal_png
+from app.domain.seals import (
+    SEAL_RENDER_MAX_PX,
+    SEAL_TEXT_ARC_DEGREES,
+    arc_angles,
+    draw_specimen,
+    flatten_alpha,
+    render_png,
+    seal_png,
+    seal_render_path,
+)
 from app.domain.seed import build_catalogue
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -205,6 +217,20 @@ def test_layout_text_only_in_chain_fonts(rendered: dict[str, bytes], code: str) 
     for text, base_font in text_runs(rendered[code]):
         face = base_font.split("+", 1)[-1]
         assert face in faces, f"{text!r} is drawn in {base_font}"
+
+
+@pytest.mark.parametrize("code", LAYOUT_CODES)
+def test_layout_fonts_only_project_fonts(rendered: dict[str, bytes], code: str) -> None:
+    # Every font resource, drawn with or not: reportlab lists its default font,
+    # Helvetica, on pages that never draw with it unless register_fonts changes it.
+    faces = chain_font_by_face_name()
+    page = PdfReader(io.BytesIO(rendered[code])).pages[0]
+    fonts_on_page = [font.get_object() for font in page["/Resources"]["/Font"].values()]
+    assert fonts_on_page, "the page has no font resources"
+    for font in fonts_on_page:
+        base_font = str(font["/BaseFont"]).lstrip("/")
+        assert base_font.split("+", 1)[-1] in faces, f"{base_font} is not a shipped font"
+        assert "/FontFile2" in font["/FontDescriptor"], f"{base_font} is not embedded"
 
 
 @pytest.mark.parametrize("code", LAYOUT_CODES)
@@ -402,6 +428,71 @@ def test_specimen_red_with_alpha(tmp_path: Path) -> None:
     assert is_red(image.getpixel((image.width // 2, image.height // 2))[:3])
 
 
+# The name's characters lie in this band of the specimen, as fractions of
+# its size: inside the ring, outside the star.
+NAME_BAND = (0.31, 0.44)
+# Angles, clockwise from 3 o'clock, that hold the 样章 mark below the star.
+MARK_ANGLES = (35.0, 145.0)
+
+
+def name_ink_angles(image: Image.Image) -> list[int]:
+    """Return the whole-degree angles of the specimen's name ink, from -270 up to 90 so the top arc is contiguous."""
+    alpha = image.getchannel("A")
+    size = image.width
+    centre = size / 2
+    angles = set()
+    for y in range(size):
+        for x in range(size):
+            if alpha.getpixel((x, y)) < 128:
+                continue
+            dx, dy = x + 0.5 - centre, y + 0.5 - centre
+            if not NAME_BAND[0] * size <= math.hypot(dx, dy) <= NAME_BAND[1] * size:
+                continue
+            angle = math.degrees(math.atan2(dy, dx))
+            if MARK_ANGLES[0] < angle < MARK_ANGLES[1]:
+                continue
+            angles.add(round(angle - 360 if angle >= 90 else angle))
+    return sorted(angles)
+
+
+def ink_clusters(angles: list[int], max_gap: int = 4) -> list[tuple[int, int]]:
+    """Group sorted angles into (first, last) runs whose gaps are at most `max_gap` degrees."""
+    clusters = [[angles[0], angles[0]]]
+    for angle in angles[1:]:
+        if angle - clusters[-1][1] <= max_gap:
+            clusters[-1][1] = angle
+        else:
+            clusters.append([angle, angle])
+    return [tuple(cluster) for cluster in clusters]
+
+
+@pytest.mark.parametrize("name", ["人事中心", "重庆市人事考试中心"])
+def test_specimen_name_evenly_spaced(name: str) -> None:
+    image = draw_specimen(name, font_file=STATIC_DIR / "fonts" / "wqy-zenhei.ttc")
+    clusters = ink_clusters(name_ink_angles(image))
+    assert len(clusters) == len(name), f"expected {len(name)} characters on the ring, found {clusters}"
+
+    centres = [(first + last) / 2 for first, last in clusters]
+    gaps = [later - earlier for earlier, later in zip(centres, centres[1:])]
+    expected_gap = SEAL_TEXT_ARC_DEGREES / (len(name) - 1)
+    for gap in gaps:
+        assert gap == pytest.approx(expected_gap, abs=3), f"characters at {centres} are not evenly spaced"
+    assert (centres[0] + centres[-1]) / 2 == pytest.approx(-90, abs=3), "the name is not centred on the top"
+
+
+@pytest.mark.parametrize("name", ["人事中心", "重庆市人事考试中心", "重庆市人力资源和社会保障局专业技术人员职业资格证书专用章"])
+def test_specimen_name_fixed_arc(name: str) -> None:
+    # From the far edge of the first character to that of the last: the arc
+    # plus one character's width, which is at most about 15 degrees.
+    angles = name_ink_angles(draw_specimen(name, font_file=STATIC_DIR / "fonts" / "wqy-zenhei.ttc"))
+    extent = angles[-1] - angles[0]
+    assert SEAL_TEXT_ARC_DEGREES <= extent <= SEAL_TEXT_ARC_DEGREES + 16, f"name spans {extent} degrees"
+
+
+def test_arc_angles_single_character() -> None:
+    assert arc_angles(1) == [-90.0]
+
+
 def palette_seal() -> Image.Image:
     image = Image.new("P", (4, 4), 0)
     image.putpalette([0, 0, 0, 200, 0, 0])
@@ -515,6 +606,48 @@ def test_long_names_one_page(long_names_pdf: bytes) -> None:
     assert len(PdfReader(io.BytesIO(long_names_pdf)).pages) == 1
 
 
+# --- line breaking (kinsoku) ---------------------------------------------
+
+# Closing punctuation that a Chinese line must not start with.
+CLOSING_PUNCTUATION = "，。、；：？！）》」』】”’"
+KINSOKU_CLAUSE = "持证人应当遵守国家有关法律法规"  # 15 characters, so a comma every 16
+KINSOKU_PREFIX = "甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳"  # shifts the commas through every offset
+
+
+def line_starts(boxes: list[tuple[float, float, float, float]], text: str) -> list[str]:
+    """Return the first character of each printed line of `text`, given its character boxes in order."""
+    visible = "".join(text.split())
+    starts = [visible[0]]
+    for index in range(1, len(boxes)):
+        if boxes[index][1] > boxes[index - 1][3]:  # top below the previous bottom: a new line
+            starts.append(visible[index])
+    return starts
+
+
+@pytest.mark.parametrize("offset", range(len(KINSOKU_PREFIX)))
+def test_no_line_starts_with_closing_punctuation(instance_dir: Path, offset: int) -> None:
+    # reportlab's dumbSplit breaks the statement, which is one text run. The
+    # specialty starts with 鿏 (U+9FCF), which only HanaMinA has, so it is
+    # several runs and xhtml2pdf's cjkFragSplit breaks it.
+    body = KINSOKU_PREFIX[:offset] + "，".join([KINSOKU_CLAUSE] * 8) + "。"
+    statement = body + "特此证明。"
+    specialty = "鿏" + body
+    doc = sample_document("qual_constructor", specialty=specialty)
+    doc = replace(doc, layout=replace(doc.layout, statement=statement))
+    boxes = char_boxes(render_pdf(doc, static_dir=STATIC_DIR, instance_dir=instance_dir))
+    for text in (statement, specialty):
+        starts = line_starts(find_text(boxes, text), text)
+        assert len(starts) > 2, "the text was not wrapped onto several lines"
+        bad = [char for char in starts[1:] if char in CLOSING_PUNCTUATION]
+        assert not bad, f"a line of {text[:12]!r}… starts with {bad}"
+
+
+def test_line_starts_detects_punctuation() -> None:
+    # Two characters on one line, then a comma on the next one.
+    boxes = [(0, 0, 4, 4), (4, 0, 8, 4), (0, 6, 4, 10)]
+    assert line_starts(boxes, "甲乙，") == ["甲", "，"]
+
+
 @pytest.mark.parametrize("code", LAYOUT_CODES)
 def test_layout_fields_in_order(rendered: dict[str, bytes], code: str) -> None:
     # Only the label column of the field table, so a label word in the title does not count.
@@ -603,6 +736,74 @@ def test_rare_name_pdftotext(instance_dir: Path, tmp_path: Path, name: str) -> N
     result = subprocess.run([PDFTOTEXT, "-enc", "UTF-8", str(pdf_path), "-"],
                             capture_output=True, check=True, timeout=60)
     assert name in result.stdout.decode("utf-8")
+
+
+# --- seal image reused across documents ----------------------------------
+
+
+def test_seal_encoded_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seal = sample_document("qual_safety").layout.document_kind.seal
+    render_path = seal_render_path(seal, static_dir=STATIC_DIR, instance_dir=tmp_path)
+    with Image.open(render_path) as source:
+        expected = source.convert("RGBA")
+    image_reuse.ReusedImageXObject._encoded.clear()
+    render_pdf(sample_document("qual_safety"), static_dir=STATIC_DIR, instance_dir=tmp_path)
+
+    encoded_sizes = []
+    original = pdfdoc.PDFImageXObject.loadImageFromSRC
+
+    def record(self, image):
+        encoded_sizes.append(image.getSize())
+        return original(self, image)
+
+    monkeypatch.setattr(pdfdoc.PDFImageXObject, "loadImageFromSRC", record)
+    pdf = render_pdf(sample_document("qual_safety", name="李四", qr_url="https://zs.example.cn/v/other-Xk39aQ7pLm"),
+                     static_dir=STATIC_DIR, instance_dir=tmp_path)
+
+    assert expected.size not in encoded_sizes, "the seal was encoded again"
+    # The QR code is new, so an empty list would mean the spy is not called.
+    assert encoded_sizes, "the new QR code was not encoded"
+    images = PdfReader(io.BytesIO(pdf)).pages[0].images
+    drawn = max(images, key=lambda image: image.image.width).image.convert("RGBA")
+    assert drawn.size == expected.size
+    assert ImageChops.difference(drawn, expected).getbbox() is None, "the reused seal differs from its file"
+
+
+def test_render_copy_scaled_down() -> None:
+    large = seal_source("RGBA").resize((1200, 1200))
+    with Image.open(io.BytesIO(render_png(png_bytes(large)))) as image:
+        assert image.size == (SEAL_RENDER_MAX_PX, SEAL_RENDER_MAX_PX)
+        assert image.mode == "RGBA"
+        assert image.getpixel((0, 0)) == (255, 255, 255, 0), "transparent pixels are not white"
+
+
+def test_render_copy_keeps_specimen_pixels(tmp_path: Path) -> None:
+    seal = Seal(code="5000000009997", name="重庆市测试专用章")
+    png = seal_png(seal, static_dir=STATIC_DIR, instance_dir=tmp_path)
+    with Image.open(io.BytesIO(png)) as original, Image.open(io.BytesIO(render_png(png))) as copy:
+        assert ImageChops.difference(original.convert("RGBA"), copy.convert("RGBA")).getbbox() is None
+
+
+def test_image_decode_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    png = png_bytes(seal_source("RGBA"))
+    checked = []
+
+    def record(reader, where):
+        checked.append(where)
+
+    monkeypatch.setattr(image_reuse, "_XHTML2PDF_DECODE", record)
+    image_reuse._decoded.clear()
+    PmlImageReader(io.BytesIO(png))
+    PmlImageReader(io.BytesIO(png))
+    assert len(checked) == 1, "equal bytes were checked twice"
+    PmlImageReader(io.BytesIO(png_bytes(seal_source("LA"))))
+    assert len(checked) == 2, "new bytes were not checked"
+
+
+def test_truncated_image_still_rejected() -> None:
+    png = png_bytes(seal_source("RGBA"))
+    with pytest.raises(ImageWarning):
+        PmlImageReader(io.BytesIO(png[: len(png) // 2]))
 
 
 # --- installed seal images of every PNG mode -----------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
+from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
@@ -101,6 +103,48 @@ def test_register_twice_answers_like_first(client):
     assert first.status_code == second.status_code == 303
     assert first.headers["Location"] == second.headers["Location"]
     assert login(client, "13800000002").status_code == 200  # the second account was not created
+
+
+@pytest.mark.parametrize(
+    "attack, name, message",
+    [
+        ("markup, bidi override and control character", '<b>x</b>\u202e"\'\x01', "姓名「<b>x</b>"),
+        ("script tag", "<script>alert(1)</script>", "含有标记字符"),
+        ("right-to-left override", "田\u202e娟", "含有控制字符"),
+        ("control character", "田\x01娟", "含有控制字符"),
+        ("digits", "田娟2", "含有数字"),
+        ("only punctuation", "·-", "中没有文字"),
+        ("other symbols", "田娟★", "含有不允许的字符"),
+        ("too long", "田" * 31, "超过 30 个字符的上限"),
+    ],
+)
+def test_register_rejects_bad_name(app, client, attack, name, message):
+    from app.extensions import db
+    from app.models import Holder
+
+    response = register(client, log_in=False, name=name)
+    html = response.get_data(as_text=True)
+
+    assert response.status_code == 200, attack
+    assert message.replace("<", "&lt;").replace(">", "&gt;") in html, attack
+    with app.app_context():
+        assert db.session.query(Holder).count() == 0
+
+
+@pytest.mark.parametrize(
+    "typed, stored",
+    [("田 娟", "田娟"), ("Ｌｉ Ｍｉｎｇ", "Li Ming"), ("阿依古丽.买买提", "阿依古丽·买买提")],
+    ids=["space-in-chinese-name", "full-width-latin", "dot-between-chinese"],
+)
+def test_register_normalises_name(app, client, typed, stored):
+    from app.extensions import db
+    from app.models import Holder
+
+    response = register(client, log_in=False, name=typed)
+
+    assert response.status_code == 303
+    with app.app_context():
+        assert db.session.query(Holder.name).scalar() == stored
 
 
 @pytest.mark.parametrize("login_name", [ID_NUMBER, ID_NUMBER.lower(), "13800000001"], ids=["id", "id-lower", "phone"])
@@ -207,3 +251,270 @@ def test_revoked_certificate_is_not_downloadable(app, client, loaded):
     assert "已撤销" in listing
     assert pdf.status_code == 404
     assert printing.status_code == 404
+
+
+# --- cached download: ownership on every request, cache key, events, X-Accel-Redirect ---------
+
+PDF_URL = f"/me/certificates/{NUMBER}.pdf"
+
+
+def update_record(app, **fields) -> None:
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import Certificate
+
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        for name, value in fields.items():
+            setattr(certificate, name, value)
+        db.session.commit()
+
+
+def cached_file(app) -> Path:
+    """Return the cache file of the current version of certificate NUMBER (other tests' files may sit beside it)."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import Certificate
+    from app.services import certificates
+
+    with app.app_context():
+        path = certificates.cache_entry(db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))).path
+    assert path.is_file(), path
+    return path
+
+
+def download_count(app) -> int:
+    from sqlalchemy import func, select
+
+    from app.extensions import db
+    from app.models import DownloadEvent
+
+    with app.app_context():
+        return db.session.scalar(select(func.count(DownloadEvent.id)))
+
+
+def test_owned_source_matches_record(app, loaded):
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.id_numbers import id_hash
+    from app.models import Certificate
+    from app.services import certificates
+
+    with app.app_context():
+        record = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        source = certificates.owned_pdf_source(NUMBER, NAME, id_hash(ID_NUMBER))
+        other_name = certificates.owned_pdf_source(NUMBER, "别人", id_hash(ID_NUMBER))
+        other_id = certificates.owned_pdf_source(NUMBER, NAME, id_hash("110101199001011237"))
+
+        assert source == certificates.source_of(record)
+        assert certificates.cache_entry(source) == certificates.cache_entry(record)
+    assert other_name is None
+    assert other_id is None
+
+
+def test_render_cached_refuses_changed_record(app, loaded):
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import Certificate
+    from app.services import certificates
+
+    with app.app_context():
+        record = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        source = certificates.source_of(record)
+        record.version += 1
+        db.session.commit()
+
+        assert certificates.render_cached(source) is None
+        assert not certificates.cache_entry(source).path.exists()
+        assert not certificates.cache_entry(record).path.exists()
+
+
+def test_revocation_after_caching_is_404(app, client, loaded):
+    register(client)
+    etag = client.get(PDF_URL).headers["ETag"]
+
+    update_record(app, status="revoked")
+
+    assert client.get(PDF_URL).status_code == 404
+    assert client.get(PDF_URL, headers={"If-None-Match": etag}).status_code == 404
+
+
+def test_corrected_id_number_after_caching_is_404(app, client, loaded):
+    register(client)
+    assert client.get(PDF_URL).status_code == 200
+
+    update_record(app, id_number="110101199001011237", version=2)
+
+    assert client.get(PDF_URL).status_code == 404
+
+
+def test_catalogue_change_gives_new_etag(app, client, loaded):
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import Certificate
+
+    register(client)
+    first = client.get(PDF_URL)
+    with app.app_context():
+        layout = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER)).layout
+        original = layout.statement
+        layout.statement = (original or "") + "（测试修改）"
+        db.session.commit()
+    try:
+        second = client.get(PDF_URL)
+    finally:
+        with app.app_context():
+            layout = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER)).layout
+            layout.statement = original
+            db.session.commit()
+
+    assert second.status_code == 200
+    assert second.headers["ETag"] != first.headers["ETag"]
+    assert second.data != first.data
+
+
+def test_download_sends_cached_bytes(app, client, loaded):
+    register(client)
+
+    response = client.get(PDF_URL)
+
+    assert response.status_code == 200
+    assert "X-Accel-Redirect" not in response.headers
+    assert response.data == cached_file(app).read_bytes()
+    assert response.headers["ETag"] == '"%s"' % cached_file(app).stem.rsplit("-", 1)[1]
+
+
+def test_download_with_accel_redirect(app, client, loaded, monkeypatch):
+    monkeypatch.setitem(app.config, "PDF_ACCEL_REDIRECT_PREFIX", "/_protected/pdf-cache/")
+    register(client)
+
+    response = client.get(PDF_URL)
+    inline = client.get(PDF_URL, query_string={"inline": 1})
+
+    cached = cached_file(app)
+    etag = cached.stem.rsplit("-", 1)[1]
+    assert response.status_code == 200
+    assert response.data == b""
+    assert response.headers["X-Accel-Redirect"] == f"/_protected/pdf-cache/{cached.name}"
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert response.headers["Content-Disposition"] == f"attachment; filename={NUMBER}.pdf"
+    assert response.headers["ETag"] == f'"{etag}"'
+    assert response.headers["Cache-Control"] == "no-store"
+    assert inline.headers["Content-Disposition"] == f"inline; filename={NUMBER}.pdf"
+    assert inline.headers["X-Accel-Redirect"] == response.headers["X-Accel-Redirect"]
+
+
+def test_accel_redirect_conditional_304(app, client, loaded, monkeypatch):
+    monkeypatch.setitem(app.config, "PDF_ACCEL_REDIRECT_PREFIX", "/_protected/pdf-cache/")
+    register(client)
+    etag = client.get(PDF_URL).headers["ETag"]
+
+    response = client.get(PDF_URL, headers={"If-None-Match": etag})
+
+    assert response.status_code == 304
+    assert "X-Accel-Redirect" not in response.headers
+    assert response.headers["ETag"] == etag
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_accel_redirect_not_for_others(app, client, loaded, monkeypatch):
+    monkeypatch.setitem(app.config, "PDF_ACCEL_REDIRECT_PREFIX", "/_protected/pdf-cache/")
+    register(client)
+
+    response = client.get("/me/certificates/202421000002.pdf")
+
+    assert response.status_code == 404
+    assert "X-Accel-Redirect" not in response.headers
+
+
+def test_download_events_buffered_until_stats(app, client, loaded, monkeypatch):
+    from app.services import events, stats
+
+    monkeypatch.setitem(app.config, "LOOKUP_EVENT_BUFFER", 100)
+    monkeypatch.setitem(app.config, "LOOKUP_EVENT_FLUSH_SECONDS", 3600)
+    with app.app_context():
+        events.flush_downloads()
+    register(client)
+
+    client.get(PDF_URL)
+    client.get(PDF_URL)
+    before = download_count(app)
+    with app.app_context():
+        today = stats.days()[-1]
+
+    assert before == 0
+    assert today.downloads == 2
+    assert download_count(app) == 2
+
+
+def test_download_events_written_in_batches(app, client, loaded, monkeypatch):
+    from app.services import events
+
+    monkeypatch.setitem(app.config, "LOOKUP_EVENT_BUFFER", 3)
+    monkeypatch.setitem(app.config, "LOOKUP_EVENT_FLUSH_SECONDS", 3600)
+    with app.app_context():
+        events.flush_downloads()
+    register(client)
+
+    client.get(PDF_URL)
+    client.get(PDF_URL)
+    before = download_count(app)
+    client.get(PDF_URL)
+
+    assert before == 0
+    assert download_count(app) == 3
+
+
+def test_refused_downloads_are_logged(app, client, loaded, caplog):
+    register(client)
+
+    with caplog.at_level(logging.INFO, logger="app.holders.routes"):
+        client.get("/me/certificates/202421000002.pdf")
+        client.get("/me/certificates/209999999999.pdf")
+
+    records = [record for record in caplog.records if record.name == "app.holders.routes"]
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert any("which is not theirs" in message for message in warnings), warnings
+    assert any("which does not exist" in message for message in warnings), warnings
+    assert not any(ID_NUMBER in record.getMessage() for record in records)
+
+
+def test_revoked_download_logged_as_revoked(app, client, loaded, caplog):
+    register(client)
+    update_record(app, status="revoked")
+
+    with caplog.at_level(logging.INFO, logger="app.holders.routes"):
+        response = client.get(PDF_URL)
+
+    assert response.status_code == 404
+    assert any("which is revoked" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("number", ["2" * 40, "2024%00", "202421000001%20"], ids=["too-long", "nul", "trailing-space"])
+def test_odd_numbers_answer_not_found(client, loaded, number):
+    register(client)
+
+    response = client.get(f"/me/certificates/{number}.pdf")
+
+    assert response.status_code == 404
+
+
+def test_session_cookie_rewritten_only_when_seen_moves(client, loaded, monkeypatch):
+    import app.security as security
+
+    register(client)
+    client.get("/me")
+    quiet = client.get("/me")
+    start = security.clock()
+    monkeypatch.setattr(security, "clock", lambda: start + security.SEEN_RESOLUTION_SECONDS + 5)
+    moved = client.get("/me")
+
+    assert quiet.status_code == 200
+    assert "Set-Cookie" not in quiet.headers
+    assert moved.status_code == 200
+    assert "session=" in moved.headers.get("Set-Cookie", "")

@@ -241,3 +241,93 @@ def test_verify_nul_byte_is_not_found(client, loaded, query):
 
     assert response.status_code == 200
     assert response.get_json() == {"result": "not_found", "certificate": None}
+
+
+def _lookup_events(app) -> list[tuple[str, str]]:
+    from app.models import LookupEvent
+    from app.services import events
+
+    with app.app_context():
+        events.flush_lookups()
+        return [tuple(row) for row in db.session.execute(select(LookupEvent.channel, LookupEvent.result).order_by(LookupEvent.id))]
+
+
+def test_invalid_token_counted_not_logged(app, client, loaded, caplog):
+    token = _token_for(app, NUMBER)
+    altered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+
+    with caplog.at_level("WARNING", logger="app.public.routes"):
+        response = client.get(f"/v/{altered}")
+
+    assert response.status_code == 404
+    assert _lookup_events(app) == [("qr", "not_found")]
+    assert "Invalid QR token" in caplog.text
+    assert altered not in caplog.text
+    assert token[:20] not in caplog.text
+
+
+def _set_certificate(app, number: str, **values) -> None:
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate).where(Certificate.number == number))
+        for key, value in values.items():
+            setattr(certificate, key, value)
+        db.session.commit()
+
+
+def test_revocation_shows_on_next_api_lookup(app, client, loaded):
+    from datetime import datetime, timezone
+
+    query = {"number": NUMBER, "name": NAME}
+    before = client.get("/api/v1/verify", query_string=query).get_json()
+    _set_certificate(app, NUMBER, status="revoked", revoked_at=datetime(2025, 3, 1, 12, tzinfo=timezone.utc))
+    after = client.get("/api/v1/verify", query_string=query).get_json()
+
+    assert before["result"] == "valid"
+    assert after["result"] == "revoked"
+    assert after["certificate"]["revoked_at"] == "2025-03-01"
+
+
+@pytest.mark.parametrize("channel", ["form", "qr"])
+def test_revocation_shows_on_next_page(app, client, loaded, channel):
+    from datetime import datetime, timezone
+
+    def look() -> str:
+        if channel == "qr":
+            return client.get(f"/v/{_token_for(app, NUMBER)}").get_data(as_text=True)
+        return client.get("/verify", query_string={"number": NUMBER, "name": NAME}).get_data(as_text=True)
+
+    before = look()
+    _set_certificate(app, NUMBER, status="revoked", revoked_at=datetime(2025, 3, 1, 12, tzinfo=timezone.utc))
+    after = look()
+
+    assert "已撤销" not in before
+    assert "已撤销" in after
+    assert "2025年3月1日" in after
+
+
+def test_correction_shows_on_next_lookup(app, client, loaded):
+    from datetime import datetime, timezone
+
+    client.get("/verify", query_string={"number": NUMBER, "name": NAME})
+    _set_certificate(app, NUMBER, corrected_at=datetime(2025, 4, 2, 8, tzinfo=timezone.utc))
+
+    html = client.get("/verify", query_string={"number": NUMBER, "name": NAME}).get_data(as_text=True)
+    body = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME}).get_json()
+
+    assert "信息已更正" in html
+    assert body["certificate"]["corrected_at"] == "2025-04-02"
+
+
+def test_lookup_leaves_pool_transactional(app, client, loaded):
+    """A lookup's pooled connection must go back to the pool outside autocommit, or the ORM's rollback would do nothing."""
+    for _ in range(3):
+        client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME})
+
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate).where(Certificate.number == NUMBER))
+        certificate.name = "改名测试"
+        db.session.flush()
+        db.session.rollback()
+        stored = db.session.scalar(select(Certificate.name).where(Certificate.number == NUMBER))
+
+    assert stored == NAME

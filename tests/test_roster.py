@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import unicodedata
 import zipfile
 from collections import Counter
 from datetime import date, datetime
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from openpyxl import Workbook
 
+from app.domain import fonts, glyph_coverage, sheet_scan
+from app.domain import roster as roster_module
 from app.domain.catalogue import KIND_CERTIFICATE, KIND_PASS
 from app.domain.identity import ID_PASSPORT, ID_RESIDENCE_PERMIT, ID_RESIDENT, check_character
 from app.domain.roster import (
@@ -913,3 +916,290 @@ def test_outcome_counts_on_mixed_file(tmp_path: Path) -> None:
 def test_formula_in_unused_column_ignored(tmp_path: Path) -> None:
     result = one_row(tmp_path, {"序号": "=ROW()-1"})
     assert result.outcome == IMPORTED, result.reason
+
+
+# --- fast path of the row check -------------------------------------------
+
+
+def both_ways(path: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> tuple[list, list, int]:
+    """Return the outcomes with the fast path, without it, and how many rows the fast path accepted."""
+    options = {"exam": "二级建造师", "kind": KIND_CERTIFICATE, "today": TODAY, **options}
+    accepted = 0
+    original = roster_module._FastPath.record
+
+    def counting(self, cells):
+        nonlocal accepted
+        record = original(self, cells)
+        accepted += record is not None
+        return record
+
+    with monkeypatch.context() as patch:
+        patch.setattr(roster_module._FastPath, "record", counting)
+        fast = check_roster(path, CATALOGUE, **options)
+    with monkeypatch.context() as patch:
+        patch.setattr(roster_module._FastPath, "record", lambda self, cells: None)
+        full = check_roster(path, CATALOGUE, **options)
+    return fast, full, accepted
+
+
+SAMPLES = sorted(p for p in ROSTER_DIR.iterdir() if p.suffix in (".xlsx", ".csv") and not p.name.endswith(".expected.csv"))
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_fast_path_matches_full_check_on_samples(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exam, kind = guess_from_filename(path.name, CATALOGUE)
+    fast, full, _accepted = both_ways(path, monkeypatch, exam=exam or "二级建造师", kind=kind or KIND_CERTIFICATE)
+
+    assert fast == full
+
+
+# Each case changes GOOD and states whether the fast path accepts the row. Every outcome must match the full check.
+FAST_PATH_CASES = [
+    ({}, True),
+    ({"性别": None, "出生年月": None}, True),
+    ({"出生年月": datetime(1990, 1, 15)}, True),
+    ({"批准日期": datetime(2024, 10, 18)}, True),
+    ({"证书编号": 202421900001}, True),
+    ({"姓名": "欧阳娜娜"}, True),
+    ({"姓名": " 张伟"}, False),
+    ({"姓名": "张 伟"}, False),
+    ({"姓名": "Zhang Wei"}, False),
+    ({"姓名": "张伟1"}, False),
+    ({"姓名": "\ue000伟"}, False),
+    ({"姓名": "𠮷伟"}, False),
+    ({"姓名": "阿卜杜·热合曼"}, False),
+    ({"姓名": "=A1"}, False),
+    ({"性别": "女"}, False),
+    ({"性别": "男性"}, False),
+    ({"性别": " 男"}, False),
+    ({"出生年月": "1990-02"}, False),
+    ({"出生年月": "1990年1月"}, True),
+    ({"出生年月": "  "}, False),
+    ({"证件号码": "500103199001011233"}, False),
+    ({"证件号码": "50010319900101123x"}, False),
+    ({"证件号码": "５００１０３１９９００１０１１２３２"}, False),
+    ({"证件号码": "810000199001011234"}, False),
+    ({"证件号码": "990103199001011232"}, False),
+    ({"证件号码": "500103203001011232"}, False),
+    ({"证件号码": 500103199001011232}, False),
+    ({"专业名称": "建筑 工程"}, True),
+    ({"专业名称": "航天工程"}, False),
+    ({"专业名称": None}, False),
+    ({"批准日期": "2024/10/18"}, True),
+    ({"批准日期": "1989-12-31"}, False),
+    ({"批准日期": "2030-01-01"}, False),
+    ({"批准日期": 45583}, False),
+    ({"证书编号": "b2024 0001"}, False),
+    ({"证书编号": "12345"}, False),
+    ({"证书编号": 2024.5}, False),
+    ({"证件类型": "身份证"}, False),
+    ({"证件类型": "护照", "证件号码": "E12345678"}, False),
+    ({"考试项目": "二级建造师"}, True),
+    ({"考试项目": "一级建造师"}, False),
+    ({"证书类别": "合格证明"}, True),
+    ({"证书类别": "奖状"}, False),
+]
+
+
+@pytest.mark.parametrize(("cells", "fast_expected"), FAST_PATH_CASES, ids=[str(c[0]) for c in FAST_PATH_CASES])
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_fast_path_matches_full_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cells: dict, fast_expected: bool, suffix: str
+) -> None:
+    rows = table(cells)
+    if suffix == ".csv":
+        # A CSV contains text only, as Excel writes it.
+        rows = [[value.isoformat() if isinstance(value, date) else value for value in row] for row in rows]
+        path = write_csv(tmp_path / "roster.csv", rows)
+    else:
+        path = write_xlsx(tmp_path / "roster.xlsx", rows)
+
+    fast, full, accepted = both_ways(path, monkeypatch)
+
+    assert fast == full
+    if suffix == ".xlsx":
+        assert accepted == int(fast_expected)
+
+
+def test_fast_path_skips_duplicates_like_full_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = {**GOOD, "姓名": "李娜"}
+    rows = [HEADER, [GOOD[name] for name in HEADER], [GOOD[name] for name in HEADER], [other[name] for name in HEADER]]
+    path = write_xlsx(tmp_path / "roster.xlsx", rows)
+
+    fast, full, accepted = both_ways(path, monkeypatch)
+
+    assert fast == full
+    assert [outcome.outcome for outcome in fast] == [IMPORTED, SKIPPED, REJECTED]
+    assert accepted == 3
+
+
+def test_cjk_block_is_letters() -> None:
+    # The fast path takes a name of U+4E00-U+9FFF as valid without checking each character's category.
+    categories = {unicodedata.category(chr(code)) for code in range(0x4E00, 0xA000)}
+
+    assert categories == {"Lo"}
+
+
+# --- glyph coverage -------------------------------------------------------
+
+
+def test_glyph_bitmap_matches_reportlab() -> None:
+    bitmap = glyph_coverage._build([fonts.font_path(spec) for spec in fonts.FONT_CHAIN])
+    fonts.register_fonts()
+    registered = set().union(*(fonts._coverage[spec.name] for spec in fonts.FONT_CHAIN))
+
+    covered = {code for code in range(glyph_coverage.CODE_POINTS) if bitmap[code >> 3] & (1 << (code & 7))}
+
+    assert covered == registered
+
+
+@pytest.mark.parametrize(("text", "missing"), [("王伟", []), ("𠮷 A", []), ("王\ue000伟\ue000", ["\ue000"]), ("\U000e0100", ["\U000e0100"])])
+def test_uncovered_characters(text: str, missing: list[str]) -> None:
+    assert glyph_coverage.uncovered_characters(text, glyph_coverage.coverage_bitmap()) == missing
+
+
+def test_glyph_cache_written_then_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(glyph_coverage, "_bitmaps", {})
+    built = glyph_coverage.coverage_bitmap(cache_dir=cache)
+    files = list(cache.glob(f"{glyph_coverage.CACHE_PREFIX}*.bin"))
+
+    assert len(files) == 1
+    assert files[0].read_bytes() == built
+
+    def no_build(paths):
+        raise AssertionError("the fonts were read again although the cache file exists")
+
+    monkeypatch.setattr(glyph_coverage, "_bitmaps", {})
+    monkeypatch.setattr(glyph_coverage, "_build", no_build)
+    assert glyph_coverage.coverage_bitmap(cache_dir=cache) == built
+
+
+def test_glyph_cache_of_wrong_size_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(glyph_coverage, "_bitmaps", {})
+    built = glyph_coverage.coverage_bitmap(cache_dir=cache)
+    (cache_file,) = cache.glob(f"{glyph_coverage.CACHE_PREFIX}*.bin")
+    cache_file.write_bytes(b"\x00" * 10)
+
+    monkeypatch.setattr(glyph_coverage, "_bitmaps", {})
+
+    assert glyph_coverage.coverage_bitmap(cache_dir=cache) == built
+    assert cache_file.read_bytes() == built
+
+
+# --- CSV encoding and quotes ----------------------------------------------
+
+CSV_HEADER = "姓名,性别,证件号码,出生年月,专业名称,批准日期,证书编号\r\n"
+CSV_TAIL = ",男,500103199001011232,1990-01,建筑工程,2024-10-18,202421900001\r\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "sample"),
+    [
+        # A Chinese GB18030 file with a Western name pasted in as Windows-1252.
+        (CSV_HEADER.encode("gb18030") + "Müller".encode("cp1252") + CSV_TAIL.encode("gb18030"), 2, "M黮ler"),
+        # A whole Latin-1 file that happens to decode as GB18030.
+        ("Name;Ville\r\nRenée Dubois;Orléans\r\n".encode("latin-1"), 2, "Ren閑 D"),
+        ("Name,City\r\nBjörn Åsa,Malmoe\r\n".encode("cp1252"), 2, "Bj"),
+    ],
+    ids=["pasted-cp1252-name", "latin-1-file", "cp1252-file"],
+)
+def test_western_csv_rejected_as_misread(tmp_path: Path, content: bytes, line: int, sample: str) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_bytes(content)
+
+    with pytest.raises(RosterFileError) as raised:
+        check_roster(path, CATALOGUE, exam="二级建造师", kind=KIND_CERTIFICATE, today=TODAY)
+
+    reason = raised.value.reason
+    assert "文字编码无法识别" in reason
+    assert "Latin-1 或 Windows-1252" in reason
+    assert f"文件第 {line} 行" in reason
+    assert sample[0] in reason
+
+
+@pytest.mark.parametrize("name", ["王堃", "李喆", "张赟", "陈珺"])
+def test_gb18030_rare_name_accepted(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_bytes((CSV_HEADER + name + CSV_TAIL).encode("gb18030"))
+
+    (outcome,) = check_roster(path, CATALOGUE, exam="二级建造师", kind=KIND_CERTIFICATE, today=TODAY)
+
+    assert outcome.outcome == IMPORTED, outcome.reason
+    assert outcome.record.name == name
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "swallowed"),
+    [
+        (CSV_HEADER + '张伟,男,"500103199001011232,1990-01,建筑工程,2024-10-18,202421900001\r\n'
+         + "李娜" + CSV_TAIL, 2, "第 3 行"),
+        (CSV_HEADER + "张伟" + CSV_TAIL + '李娜,"女,500103199001011224,1990-01,建筑工程,2024-10-18,202421900002\r\n'
+         + "王芳" + CSV_TAIL + "赵敏" + CSV_TAIL, 3, "第 4 至 5 行"),
+    ],
+    ids=["first-row", "middle-row"],
+)
+def test_unterminated_quote_rejected(tmp_path: Path, text: str, row: int, swallowed: str) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(RosterFileError) as raised:
+        check_roster(path, CATALOGUE, exam="二级建造师", kind=KIND_CERTIFICATE, today=TODAY)
+
+    reason = raised.value.reason
+    assert f"第 {row} 行" in reason
+    assert "没有对应的结束双引号" in reason
+    assert swallowed in reason
+    assert "500103199001011232" not in reason  # the cell is shown cut short
+
+
+def test_quoted_cell_with_line_break_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_text(CSV_HEADER + '"张伟\n"' + CSV_TAIL, encoding="utf-8")
+
+    (outcome,) = check_roster(path, CATALOGUE, exam="二级建造师", kind=KIND_CERTIFICATE, today=TODAY)
+
+    assert outcome.outcome == IMPORTED, outcome.reason
+    assert outcome.record.name == "张伟"
+
+
+# --- sheet XML scan -------------------------------------------------------
+
+
+def test_scan_finds_hidden_rows_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workbook = Workbook()
+    sheet = workbook.active
+    for number in range(1, 401):
+        sheet.append([number, f"名字{number}", "500103199001011232"])
+    for hidden in (7, 150, 399):
+        sheet.row_dimensions[hidden].hidden = True
+    sheet["D300"] = "=A1+1"
+    path = tmp_path / "hidden.xlsx"
+    workbook.save(path)
+    # Small chunks, so most hold no hidden row and take the quick branch.
+    monkeypatch.setattr(sheet_scan, "_CHUNK_BYTES", 2048)
+
+    flags = sheet_scan.scan_sheet(path, "xl/worksheets/sheet1.xml")
+
+    assert flags.hidden_rows == {7, 150, 399}
+    assert list(flags.formulas) == [300]
+    assert flags.formulas[300][3].ref == "D300"
+
+
+def test_scan_counts_rows_without_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = "".join(f'<row><c t="inlineStr"><is><t>{n}</t></is></c></row>' for n in range(1, 200))
+    rows += '<row hidden="1"><c t="inlineStr"><is><t>200</t></is></c></row>'
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        f"<sheetData>{rows}</sheetData></worksheet>"
+    )
+    path = tmp_path / "plain.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", xml)
+    monkeypatch.setattr(sheet_scan, "_CHUNK_BYTES", 1024)
+
+    flags = sheet_scan.scan_sheet(path, "xl/worksheets/sheet1.xml")
+
+    assert flags.hidden_rows == {200}

@@ -221,8 +221,11 @@ def test_registration_answer_same_for_taken(app, client, overrides):
 
 
 def reset_request(client, id_number, phone):
+    """Post the reset request form and wait until the background thread has handled it."""
     page = client.get("/password/forgot").get_data(as_text=True)
-    return client.post("/password/forgot", data={"id_number": id_number, "phone": phone, "csrf_token": csrf_token(page)})
+    response = client.post("/password/forgot", data={"id_number": id_number, "phone": phone, "csrf_token": csrf_token(page)})
+    accounts.wait_for_reset_requests()
+    return response
 
 
 def outbox(app) -> list[tuple[str, str]]:
@@ -243,6 +246,7 @@ def test_reset_request_answer_same_for_unknown(app, client, id_number, phone):
 
     assert unknown.status_code == known.status_code
     assert unknown.headers["Location"] == known.headers["Location"]
+    assert unknown.get_data() == known.get_data()
     assert len(outbox(app)) == sent  # nothing sent for the unknown pair
 
 
@@ -326,6 +330,71 @@ def test_wrong_totp_code_refused(client, make_staff, code):
 
     assert response.status_code == 200
     assert client.get("/admin/").status_code == 303
+
+
+WRONG_CODE_MESSAGE = "动态验证码不正确或已过期"
+T0 = 1_700_000_010  # inside one 30-second step
+
+
+def code_at(seconds: float) -> str:
+    return pyotp.TOTP(STAFF_TOTP_SECRET).at(seconds)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [
+        ([(T0, T0), (T0, T0)], ["ok", "invalid"]),
+        ([(T0, T0), (T0, T0 + 30)], ["ok", "invalid"]),
+        ([(T0, T0), (T0 - 30, T0)], ["ok", "invalid"]),
+        ([(T0 + 30, T0), (T0, T0)], ["ok", "invalid"]),
+        ([(T0, T0), (T0 + 30, T0 + 30)], ["ok", "ok"]),
+        ([(T0, T0), (T0 + 30, T0)], ["ok", "ok"]),
+        ([(T0 - 60, T0)], ["invalid"]),
+    ],
+    ids=["same-code-twice", "same-code-next-step", "earlier-step", "earlier-after-later",
+         "next-code-later", "next-code-early", "outside-window"],
+)
+def test_totp_code_accepted_once(app, make_staff, attempts, expected):
+    """Each attempt is (time the code belongs to, time it is entered)."""
+    make_staff("replay")
+    outcomes = []
+    with app.app_context():
+        user = db.session.scalar(select(StaffUser).where(StaffUser.username == "replay"))
+        for code_time, entered in attempts:
+            outcomes.append(accounts.check_totp(user, STAFF_TOTP_SECRET, code_at(code_time), now=entered))
+
+    assert outcomes == expected
+
+
+def test_replayed_code_refused_over_http(app, client, make_staff):
+    make_staff("mallory")
+    code = pyotp.TOTP(STAFF_TOTP_SECRET).now()
+    staff_password_step(client, "mallory")
+    first = staff_code_step(client, code)
+    thief = app.test_client()
+    staff_password_step(thief, "mallory")
+
+    replay = staff_code_step(thief, code)
+
+    assert first.status_code == 303
+    assert replay.status_code == 200
+    assert WRONG_CODE_MESSAGE in replay.get_data(as_text=True)
+    assert thief.get("/admin/").status_code == 303
+
+
+def test_replay_message_matches_wrong_code(app, client, make_staff):
+    make_staff("oscar")
+    code = pyotp.TOTP(STAFF_TOTP_SECRET).now()
+    staff_password_step(client, "oscar")
+    staff_code_step(client, code)
+    replayer, guesser = app.test_client(), app.test_client()
+    staff_password_step(replayer, "oscar")
+    staff_password_step(guesser, "oscar")
+
+    replayed = staff_code_step(replayer, code).get_data(as_text=True)
+    wrong = staff_code_step(guesser, "000000" if code != "000000" else "111111").get_data(as_text=True)
+
+    assert normalised(replayed) == normalised(wrong)
 
 
 def test_password_alone_gives_no_staff_session(client, make_staff):
@@ -490,3 +559,495 @@ def test_privacy_notice_on_registration(client):
 
     for part in ["目的", "依据", "保存期限", "您的权利", "联系方式"]:
         assert part in html, part
+
+
+# --- staff accounts reset by an admin ---------------------------------------------
+
+
+def staff_id_of(app, username: str) -> int:
+    with app.app_context():
+        return db.session.scalar(select(StaffUser.id).where(StaffUser.username == username))
+
+
+def admin_post(admin, path: str, **data):
+    page = admin.get("/admin/staff").get_data(as_text=True)
+    return admin.post(path, data={"csrf_token": csrf_token(page), **data})
+
+
+def test_password_reset_ends_staff_sessions(app, login_staff):
+    victim = login_staff("reset-victim", "auditor")
+    copied = session_cookie(victim)
+    admin = login_staff("reset-admin", "admin")
+    staff_id = staff_id_of(app, "reset-victim")
+
+    response = admin_post(admin, f"/admin/staff/{staff_id}/password", password="Rotated-Pass-2026!x")
+    thief = app.test_client()
+    thief.set_cookie("session", copied)
+
+    assert response.status_code == 303
+    assert victim.get("/admin/audit").status_code == 303
+    assert thief.get("/admin/audit").status_code == 303
+    with app.app_context():
+        user = db.session.get(StaffUser, staff_id)
+        # The second factor is reset only by its own action.
+        assert user.totp_secret == STAFF_TOTP_SECRET
+        assert user.check_password("Rotated-Pass-2026!x")
+
+
+def test_second_factor_reset_needs_enrolment(app, client, login_staff):
+    from app.models import AuditEntry
+
+    victim = login_staff("totp-victim", "operator")
+    admin = login_staff("totp-admin", "admin")
+    staff_id = staff_id_of(app, "totp-victim")
+
+    response = admin_post(admin, f"/admin/staff/{staff_id}/totp/reset")
+    staff_password_step(client, "totp-victim")
+    page = client.get("/admin/login/totp").get_data(as_text=True)
+
+    assert response.status_code == 303
+    assert victim.get("/admin/").status_code == 303
+    assert '<code class="totp-key">' in page  # enrols a new authenticator
+    with app.app_context():
+        assert db.session.get(StaffUser, staff_id).totp_secret is None
+        entry = db.session.scalar(select(AuditEntry).where(AuditEntry.action == "staff.reset_totp"))
+        assert entry.actor == "totp-admin"
+        assert entry.target == "staff:totp-victim"
+
+
+@pytest.mark.parametrize(
+    "attack, role, with_token, expected_status",
+    [
+        ("operator resets a second factor", "operator", True, 403),
+        ("auditor resets a second factor", "auditor", True, 403),
+        ("admin without CSRF token", "admin", False, 400),
+    ],
+)
+def test_second_factor_reset_refused(app, login_staff, make_staff, attack, role, with_token, expected_status):
+    make_staff("totp-target", "auditor")
+    staff_id = staff_id_of(app, "totp-target")
+    caller = login_staff(f"caller-{role}", role)
+    data = {}
+    if with_token:
+        data["csrf_token"] = csrf_token(caller.get("/admin/").get_data(as_text=True))
+
+    response = caller.post(f"/admin/staff/{staff_id}/totp/reset", data=data)
+
+    assert response.status_code == expected_status, attack
+    with app.app_context():
+        assert db.session.get(StaffUser, staff_id).totp_secret == STAFF_TOTP_SECRET
+
+
+# --- password reset requests: limits, daily cap, timing -----------------------------
+
+
+def test_reset_codes_capped_per_day(app, client):
+    make_holder(app)
+    cap = app.config["PASSWORD_RESET_CODES_PER_PHONE_PER_DAY"]
+    sent_before = len(outbox(app))
+
+    responses = [reset_request(client, ID_NUMBER, PHONE) for _ in range(cap + 3)]
+
+    assert {response.status_code for response in responses} == {303}
+    assert len(outbox(app)) - sent_before == cap
+
+
+def test_reset_cap_counts_last_24_hours(app, client):
+    from datetime import timedelta
+
+    from app.models import PasswordResetCode, utcnow
+
+    make_holder(app)
+    cap = app.config["PASSWORD_RESET_CODES_PER_PHONE_PER_DAY"]
+    sent_before = len(outbox(app))
+    for _ in range(cap):
+        reset_request(client, ID_NUMBER, PHONE)
+    with app.app_context():
+        for row in db.session.scalars(select(PasswordResetCode)):
+            row.created_at = utcnow() - timedelta(hours=25)
+        db.session.commit()
+
+    reset_request(client, ID_NUMBER, PHONE)
+
+    assert len(outbox(app)) - sent_before == cap + 1
+
+
+@pytest.fixture
+def limited_app(app):
+    """Return a second app on the same database with Flask-Limiter switched on (memory storage) and small limits.
+
+    The limiter is one object shared by every app of the process, so it is
+    switched off again afterwards, as the session app has it.
+    """
+    from app import create_app
+    from app.extensions import limiter
+
+    keys = ("SECRET_KEY", "QR_TOKEN_KEYS", "ID_NUMBER_KEY", "ID_HASH_KEY", "SQLALCHEMY_DATABASE_URI", "BASE_URL")
+    limited = create_app(
+        {
+            **{key: app.config[key] for key in keys},
+            "TESTING": True,
+            "LOOKUP_CAPTCHA_ENABLED": False,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "PASSWORD_RESET_ADDRESS_RATE_LIMIT": "4 per hour",
+            "PASSWORD_RESET_PHONE_RATE_LIMIT": "2 per hour",
+        }
+    )
+    limiter.reset()
+    yield limited
+    accounts.wait_for_reset_requests()
+    limiter.reset()
+    limiter.enabled = False
+    with limited.app_context():
+        # Close this app's pooled connections, so no ResourceWarning surfaces in a later test.
+        db.engine.dispose()
+
+
+def reset_statuses(app, requests: list[tuple[str, str, str]]) -> list[int]:
+    """Post each (address, ID number, mobile number) to /password/forgot from a client at that address."""
+    statuses = []
+    for address, id_number, phone in requests:
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = address
+        page = client.get("/password/forgot").get_data(as_text=True)
+        response = client.post(
+            "/password/forgot", data={"id_number": id_number, "phone": phone, "csrf_token": csrf_token(page)}
+        )
+        statuses.append(response.status_code)
+    accounts.wait_for_reset_requests()
+    return statuses
+
+
+OTHER_PHONES = [f"1390000000{index}" for index in range(6)]
+ADDRESSES = [f"127.0.9.{index}" for index in range(1, 7)]
+
+
+@pytest.mark.parametrize(
+    "attack, requests, expected",
+    [
+        (
+            "one address, one registered phone",
+            [("127.0.8.1", ID_NUMBER, PHONE)] * 4,
+            [303, 303, 429, 429],
+        ),
+        (
+            "one unregistered phone answers alike",
+            [("127.0.8.1", UNKNOWN_ID, "13900000099")] * 4,
+            [303, 303, 429, 429],
+        ),
+        (
+            "one phone from many addresses",
+            [(address, ID_NUMBER, PHONE) for address in ADDRESSES[:4]],
+            [303, 303, 429, 429],
+        ),
+        (
+            "one address, many phones",
+            [("127.0.8.1", UNKNOWN_ID, phone) for phone in OTHER_PHONES],
+            [303, 303, 303, 303, 429, 429],
+        ),
+    ],
+)
+def test_reset_request_rate_limits(app, limited_app, attack, requests, expected):
+    make_holder(app)
+
+    statuses = reset_statuses(limited_app, requests)
+
+    assert statuses == expected, attack
+    assert len(outbox(limited_app)) == sum(
+        1 for (_, id_number, phone), status in zip(requests, statuses) if status == 303 and (id_number, phone) == (ID_NUMBER, PHONE)
+    )
+
+
+def test_reset_limit_page_is_chinese(app, limited_app):
+    statuses = reset_statuses(limited_app, [("127.0.8.2", UNKNOWN_ID, "13900000098")] * 3)
+    client = limited_app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "127.0.8.2"
+    page = client.get("/password/forgot").get_data(as_text=True)
+
+    response = client.post("/password/forgot", data={"id_number": UNKNOWN_ID, "phone": "13900000098", "csrf_token": csrf_token(page)})
+
+    assert statuses[-1] == 429
+    assert response.status_code == 429
+    assert "请求过于频繁" in response.get_data(as_text=True)
+
+
+def test_reset_request_timing_matches_unknown(app, client):
+    """Median response times over 200 interleaved requests each differ by under 20 % (or 2 ms).
+
+    The background thread is drained outside the timed part, so its work
+    for the registered pair cannot slow the next request down.
+    """
+    import statistics
+    import time
+
+    make_holder(app)
+    page = client.get("/password/forgot").get_data(as_text=True)
+    token = csrf_token(page)
+    known, unknown = [], []
+    for index in range(200):
+        for id_number, times in ((ID_NUMBER, known), (f"1101011990{index:04d}0011", unknown)):
+            start = time.perf_counter()
+            client.post("/password/forgot", data={"id_number": id_number, "phone": PHONE, "csrf_token": token})
+            times.append(time.perf_counter() - start)
+            accounts.wait_for_reset_requests()
+
+    difference = abs(statistics.median(known) - statistics.median(unknown))
+    bound = max(0.002, 0.2 * statistics.median(unknown))
+
+    assert difference < bound, f"medians {statistics.median(known):.4f}s vs {statistics.median(unknown):.4f}s"
+
+
+# --- squatted ID numbers: recovery through staff ------------------------------------
+
+SQUATTER_PHONE = "13800000088"
+VICTIM_PHONE = "13900000088"
+
+
+def test_recovery_help_on_registration_and_login(client):
+    response = register_form(client)
+    registered = client.get(response.headers["Location"]).get_data(as_text=True)
+    login_page = client.get("/login").get_data(as_text=True)
+
+    for page in (registered, login_page):
+        assert "已被他人注册" in page
+        assert "身份证件到人力资源和社会保障局服务窗口" in page
+        assert "忘记密码" in page
+
+
+def holders_page(staff, query: str):
+    return staff.get("/admin/holders", query_string={"q": query})
+
+
+@pytest.mark.parametrize(
+    "query",
+    [ID_NUMBER, "５００１０９１９６４０９２６９６９６", "500109 196409269696", SQUATTER_PHONE],
+    ids=["id-number", "full-width-id", "spaced-id", "mobile"],
+)
+def test_staff_find_holder_account(app, login_staff, query):
+    make_holder(app, phone=SQUATTER_PHONE)
+    auditor = login_staff("find-auditor", "auditor")
+
+    html = holders_page(auditor, query).get_data(as_text=True)
+    table = html.split("<table", 1)[-1]
+
+    assert "5001**********9696" in table
+    assert ID_NUMBER not in table
+    assert SQUATTER_PHONE in table
+    assert "/phone" not in table  # auditors get no change forms
+
+
+def test_staff_moves_squatted_account_to_victim(app, client, login_staff):
+    from app.models import AuditEntry
+
+    make_holder(app, phone=SQUATTER_PHONE, password="Squatter-pass-1")
+    squatter = app.test_client()
+    holder_login(squatter, password="Squatter-pass-1")
+    operator = login_staff("desk-operator", "operator")
+    page = holders_page(operator, ID_NUMBER).get_data(as_text=True)
+    holder_id = int(re.search(r"/admin/holders/(\d+)/phone", page).group(1))
+
+    response = operator.post(
+        f"/admin/holders/{holder_id}/phone",
+        data={"phone": VICTIM_PHONE, "reason": "本人持身份证到窗口办理，已核验", "csrf_token": csrf_token(page)},
+    )
+    sent_before = len(outbox(app))
+    reset_request(client, ID_NUMBER, VICTIM_PHONE)
+
+    assert response.status_code == 303
+    assert squatter.get("/me").status_code in (302, 303)
+    assert len(outbox(app)) == sent_before + 1
+    assert outbox(app)[-1][0] == VICTIM_PHONE
+    with app.app_context():
+        entry = db.session.scalar(select(AuditEntry).where(AuditEntry.action == "holder.change_phone"))
+        assert entry.actor == "desk-operator"
+        assert entry.detail["reason"] == "本人持身份证到窗口办理，已核验"
+        assert entry.after == {"phone": "139****0088"}
+        assert ID_NUMBER not in str(entry.detail)
+
+
+def test_staff_removes_squatted_account(app, client, login_staff):
+    from app.models import AuditEntry
+
+    make_holder(app, phone=SQUATTER_PHONE, password="Squatter-pass-1")
+    admin = login_staff("desk-admin", "admin")
+    page = holders_page(admin, ID_NUMBER).get_data(as_text=True)
+    holder_id = int(re.search(r"/admin/holders/(\d+)/remove", page).group(1))
+
+    response = admin.post(
+        f"/admin/holders/{holder_id}/remove", data={"reason": "证件号码被抢注，本人到场核验", "csrf_token": csrf_token(page)}
+    )
+    register_form(client, phone=VICTIM_PHONE, password="Victim-pass-123", confirm="Victim-pass-123")
+
+    assert response.status_code == 303
+    assert holder_login(client, password="Victim-pass-123").status_code == 303
+    with app.app_context():
+        entry = db.session.scalar(select(AuditEntry).where(AuditEntry.action == "holder.remove"))
+        assert entry.actor == "desk-admin"
+        assert entry.detail["id_number"] == "5001**********9696"
+
+
+@pytest.mark.parametrize(
+    "attack, role, action, data, with_token, expected_status, message",
+    [
+        ("auditor changes a mobile number", "auditor", "phone", {"phone": VICTIM_PHONE, "reason": "x"}, True, 403, ""),
+        ("auditor removes an account", "auditor", "remove", {"reason": "x"}, True, 403, ""),
+        ("no CSRF token", "operator", "remove", {"reason": "x"}, False, 400, ""),
+        ("no reason", "operator", "remove", {"reason": "  "}, True, 422, "请填写操作原因"),
+        ("reason too long", "operator", "remove", {"reason": "长" * 201}, True, 422, "超过 200 个字"),
+        ("invalid mobile number", "operator", "phone", {"phone": "12345", "reason": "核验"}, True, 422, "新手机号码「12345」无效"),
+        ("mobile number of another account", "operator", "phone", {"phone": "13700000001", "reason": "核验"}, True, 422, "已用于另一个账号"),
+    ],
+)
+def test_holder_account_change_refused(app, login_staff, attack, role, action, data, with_token, expected_status, message):
+    make_holder(app, phone=SQUATTER_PHONE)
+    make_holder(app, id_number=UNKNOWN_ID, phone="13700000001")
+    with app.app_context():
+        holder_id = db.session.scalar(select(Holder.id).where(Holder.phone == SQUATTER_PHONE))
+    caller = login_staff(f"refused-{role}", role)
+    if with_token:
+        data = {**data, "csrf_token": csrf_token(caller.get("/admin/").get_data(as_text=True))}
+
+    response = caller.post(f"/admin/holders/{holder_id}/{action}", data=data)
+
+    assert response.status_code == expected_status, attack
+    assert message in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Holder, holder_id).phone == SQUATTER_PHONE
+
+
+# --- ID numbers typed differently at login and reset --------------------------------
+
+ID_VARIANTS = [
+    ("full-width digits", "５００１０９１９６４０９２６９６９６"),
+    ("space inside", "500109 196409269696"),
+    ("no-break space and ideographic space", "500109\u00a0196409\u3000269696"),
+    ("surrounding spaces", "  500109196409269696 "),
+    ("zero-width space", "500109\u200b196409269696"),
+]
+
+
+@pytest.mark.parametrize("case, typed", ID_VARIANTS, ids=[case for case, _ in ID_VARIANTS])
+def test_login_cleans_id_number(app, client, case, typed):
+    make_holder(app)
+
+    response = holder_login(client, login=typed)
+
+    assert response.status_code == 303, case
+
+
+@pytest.mark.parametrize("case, typed", ID_VARIANTS, ids=[case for case, _ in ID_VARIANTS])
+def test_reset_cleans_id_number(app, client, case, typed):
+    make_holder(app)
+    sent_before = len(outbox(app))
+    reset_request(client, typed, PHONE)
+    assert len(outbox(app)) == sent_before + 1, case
+    code = re.search(r"验证码 (\d{6})", outbox(app)[-1][1]).group(1)
+
+    response = reset_confirm(client, code, id_number=typed)
+
+    assert response.status_code == 303, case
+
+
+def test_lockout_counts_variants_as_one_account(app, client):
+    make_holder(app)
+    for _, typed in ID_VARIANTS:
+        holder_login(app.test_client(), login=typed, password="wrong-password-1")
+
+    with app.app_context():
+        locked = accounts.is_locked([accounts.account_key("holder", ID_NUMBER)])
+
+    assert locked
+
+
+# --- idle timeout precision -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, request_seconds, expected_statuses",
+    [
+        ("active every 20 s for 200 s", list(range(20, 201, 20)), [200] * 10),
+        ("active every 50 s", [50, 100, 150, 200], [200] * 4),
+        ("idle 54 s, just under the limit less a tenth", [5, 59], [200, 200]),
+        ("idle 61 s after login", [61], [303]),
+        ("idle 70 s after activity", [30, 100], [200, 303]),
+    ],
+)
+def test_one_minute_idle_limit(app, client, monkeypatch, case, request_seconds, expected_statuses):
+    import app.security as security
+
+    monkeypatch.setitem(app.config, "SESSION_IDLE_MINUTES", 1)
+    make_holder(app)
+    holder_login(client)
+    start = security.clock()
+    statuses = []
+    for seconds in request_seconds:
+        monkeypatch.setattr(security, "clock", lambda s=seconds: start + s)
+        statuses.append(client.get("/me").status_code)
+
+    assert statuses == expected_statuses, case
+
+
+@pytest.mark.parametrize(
+    "idle_minutes, resolution",
+    [(1, 6), (5, 30), (10, 60), (30, 60), (720, 60)],
+)
+def test_seen_resolution_is_a_tenth(idle_minutes, resolution):
+    from app.security import seen_resolution_seconds
+
+    assert seen_resolution_seconds(idle_minutes * 60) == resolution
+
+
+# --- login target after an expired htmx request ---------------------------------------
+
+HTMX = {"HX-Request": "true"}
+
+
+@pytest.mark.parametrize(
+    "attack, current_url, expected",
+    [
+        ("poll from the batch page", "http://localhost/admin/batches/1", "/admin/login?next=/admin/batches/1"),
+        ("page with a query", "http://localhost/admin/batches/1?page=2", "/admin/login?next=/admin/batches/1?page%3D2"),
+        ("no header", None, "/admin/login"),
+        ("another origin", "http://evil.example/admin/batches/1", "/admin/login"),
+        ("another scheme", "https://localhost/admin/batches/1", "/admin/login"),
+        ("scheme-relative", "//evil.example/admin/batches/1", "/admin/login"),
+        ("backslash", "http://localhost/\\evil.example/admin", "/admin/login"),
+        ("relative path", "admin/batches/1", "/admin/login"),
+        ("control character", "http://localhost/admin/batches/1\tX", "/admin/login"),
+    ],
+)
+def test_htmx_expiry_redirects_to_current_page(client, attack, current_url, expected):
+    headers = dict(HTMX)
+    if current_url is not None:
+        headers["HX-Current-URL"] = current_url
+
+    response = client.get("/admin/batches/1/progress", headers=headers)
+
+    assert response.status_code == 401, attack
+    assert response.headers["HX-Redirect"] == expected, attack
+
+
+def test_holder_htmx_expiry_uses_current_page(client):
+    response = client.get("/me", headers={**HTMX, "HX-Current-URL": "http://localhost/me"})
+
+    assert response.headers["HX-Redirect"] == "/login?next=/me"
+
+
+def test_plain_get_keeps_its_own_path(client):
+    response = client.get("/admin/batches/1")
+
+    assert response.headers["Location"] == "/admin/login?next=/admin/batches/1"
+
+
+def test_login_after_htmx_expiry_lands_on_page(app, client, make_staff):
+    make_staff("poller", "operator")
+    target = client.get(
+        "/admin/batches/1/progress", headers={**HTMX, "HX-Current-URL": "http://localhost/admin/batches/1"}
+    ).headers["HX-Redirect"]
+    page = client.get(target).get_data(as_text=True)
+    client.post(target, data={"username": "poller", "password": STAFF_PASSWORD, "csrf_token": csrf_token(page)})
+
+    response = staff_code_step(client, pyotp.TOTP(STAFF_TOTP_SECRET).now())
+
+    assert response.headers["Location"] == "/admin/batches/1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
@@ -122,11 +123,65 @@ def test_qr_token_holds_no_personal_data(public_id):
         ("line\nFAKE entry", "line\\nFAKE entry"),
         ("cr\rx", "cr\\rx"),
         ("number 202421000001 phone 13800000001", "number 202421000001 phone 13800000001"),
+        ("login ID500109196409269696", "login ID5001**********9696"),
+        ("login ５００１０９１９６４０９２６９６９６", "login ５００１**********９６９６"),
+        ("login 500109 19640926 9696", "login 5001** ******** 9696"),
     ],
-    ids=["id-number", "id-number-x", "newline", "carriage-return", "short-numbers-kept"],
+    ids=["id-number", "id-number-x", "newline", "carriage-return", "short-numbers-kept", "letters-attached",
+         "full-width", "spaced"],
 )
 def test_log_sanitiser(message, expected):
     assert sanitise(message) == expected
+
+
+def _raise_with_id_number() -> None:
+    # The message openpyxl gives for a cell holding an illegal character, here an ID number.
+    raise ValueError("500101199001013032 cannot be used in worksheets.")
+
+
+@pytest.mark.parametrize("how", ["exception", "exc_info", "stack_info"])
+def test_traceback_id_number_masked(app, how):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tests.traceback")
+    logger.addHandler(handler)
+    try:
+        try:
+            _raise_with_id_number()
+        except ValueError:
+            if how == "exception":
+                logger.exception("Export failed")
+            elif how == "exc_info":
+                logger.error("Export failed", exc_info=True)
+            else:
+                logger.error("Export failed for 500101199001013032", stack_info=True)
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+
+    assert "Export failed" in output
+    assert "500101199001013032" not in output
+    assert "500*************32" in output
+    if how != "stack_info":
+        assert "Traceback (most recent call last)" in output
+        assert "_raise_with_id_number" in output
+
+
+def test_unexpected_error_log_masks_id_number(app, client, caplog, monkeypatch):
+    from app.public import routes
+
+    def broken(*args, **kwargs):
+        _raise_with_id_number()
+
+    monkeypatch.setattr(routes.lookup, "verify", broken)
+    with caplog.at_level(logging.ERROR):
+        response = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME})
+
+    assert response.status_code == 500
+    assert "Incident" in caplog.text
+    assert "500*************32 cannot be used" in caplog.text
+    assert "500101199001013032" not in caplog.text
 
 
 def test_attacks_leave_no_id_number_in_logs(app, client, import_roster, caplog):
@@ -289,6 +344,24 @@ def test_instance_setup_writes_usable_keys(tmp_path, monkeypatch):
     assert app.config["ID_NUMBER_KEY"] != app.config["ID_HASH_KEY"]
 
 
+def test_instance_setup_honours_instance_path(tmp_path, monkeypatch):
+    from app import instance_setup
+
+    default_config = instance_setup.PROJECT_ROOT / "instance" / "config.py"
+    before = default_config.stat().st_mtime_ns if default_config.exists() else None
+    monkeypatch.setenv("CERT_INSTANCE_PATH", str(tmp_path / "configured"))
+
+    assert instance_setup.main() == 0
+    written = tmp_path / "configured" / "config.py"
+
+    assert written.is_file()
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert (default_config.stat().st_mtime_ns if default_config.exists() else None) == before
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    assert app.instance_path == str(tmp_path / "configured")
+    assert app.config["ID_NUMBER_KEY"] in written.read_text(encoding="utf-8")
+
+
 def test_instance_setup_adds_id_keys_to_old_config(tmp_path):
     from app.instance_setup import write_instance_config
 
@@ -301,3 +374,21 @@ def test_instance_setup_adds_id_keys_to_old_config(tmp_path):
     assert text.startswith(old)
     assert "ID_NUMBER_KEY = " in text
     assert "ID_HASH_KEY = " in text
+
+
+# --- backups ---------------------------------------------------------------------
+
+
+def test_backup_unit_umask_private():
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(root / "deploy" / "systemd" / "certificates-backup.service", encoding="utf-8")
+
+    assert unit["Service"]["UMask"] == "0077"
+    for guide in ("deploy.md", "deploy.en.md"):
+        text = (root / "docs" / guide).read_text(encoding="utf-8")
+        assert "install -d -m 0700 -o certificates -g certificates /srv/certificates/instance/backups" in text, guide

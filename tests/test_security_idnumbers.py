@@ -1,4 +1,4 @@
-"""ID numbers at rest: encrypted column, keyed-hash lookups, and the migration of existing rows."""
+"""ID numbers at rest: encrypted columns, keyed-hash lookups, the migrations of existing rows, and masking in free text."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_certificate_rows_hold_no_plaintext_id(app, loaded):
 
     assert rows
     assert not any(ID_NUMBER in str(row) for row in rows)
-    assert stored.id_number.startswith("v1:")
+    assert stored.id_number.startswith("v2:")
     assert len(stored.id_number_hash) == 64
 
 
@@ -183,3 +183,130 @@ def _migrate_and_check(url: str) -> None:
     assert ID_NUMBER not in raw
     assert holder is not None
     assert certificate.id_number == ID_NUMBER
+
+
+# --- migration 0007: upload previews written in clear before it ----------------------
+
+PREVIEW_RECORD = {"number": NUMBER, "name": NAME, "id_number": ID_NUMBER, "birth_month": "1964-09-01"}
+PREVIEW_CELLS = [3, NAME, "男", ID_NUMBER, "1964-09"]
+PREVIEW_CHANGES = {"id_number": [ID_NUMBER, "110101199003070011"]}
+PREVIEW_REASON = f"性别「女」与证件号码「{ID_NUMBER}」不符"
+LEGACY_REPORT = f"row,outcome,reason\n3,rejected,{PREVIEW_REASON}\n"
+
+
+def test_migration_0007_encrypts_previews(tmp_path):
+    url = create_scratch_database(tmp_path, "previews")
+    try:
+        _migrate_previews_and_check(url)
+    finally:
+        drop_scratch_database(url)
+
+
+def _migrate_previews_and_check(url: str) -> None:
+    import json
+
+    from flask_migrate import downgrade
+
+    from app.models import BatchRow, ImportBatch
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        upgrade(revision="0006")
+        db.session.execute(
+            sa.text(
+                "INSERT INTO import_batch (filename, stored_name, sha256, state, uploaded_by, created_at, "
+                "imported_count, rejected_count, skipped_count, report_csv) VALUES "
+                "('名单.xlsx', 'x.xlsx', 'abc', 'confirmed', 'test', '2024-01-01 00:00:00', 0, 1, 0, :report)"
+            ),
+            {"report": LEGACY_REPORT},
+        )
+        rows = [
+            {"row": 2, "outcome": "imported", "reason": "", "record": json.dumps(PREVIEW_RECORD), "cells": None, "changes": None},
+            {"row": 3, "outcome": "rejected", "reason": PREVIEW_REASON, "record": None, "cells": json.dumps(PREVIEW_CELLS), "changes": None},
+            {"row": 4, "outcome": "changed", "reason": "更正", "record": json.dumps(PREVIEW_RECORD), "cells": "null",
+             "changes": json.dumps(PREVIEW_CHANGES)},
+        ]  # fmt: skip
+        cast = "CAST(:{0} AS JSON)" if db.engine.dialect.name == "postgresql" else ":{0}"
+        for row in rows:
+            db.session.execute(
+                sa.text(
+                    "INSERT INTO batch_row (batch_id, row, outcome, reason, hidden, record, cells, changes, applied) "
+                    f"SELECT id, :row, :outcome, :reason, '', {cast.format('record')}, {cast.format('cells')}, "
+                    f"{cast.format('changes')}, false FROM import_batch"
+                ),
+                row,
+            )
+        db.session.commit()
+
+        upgrade()
+        raw = "\n".join(str(row) for table in ("batch_row", "import_batch") for row in raw_rows(table))
+        read = {row.row: (row.record, row.cells, row.changes, row.reason) for row in db.session.scalars(sa.select(BatchRow))}
+        report = db.session.scalar(sa.select(ImportBatch.report_csv))
+        db.session.commit()
+
+        downgrade(revision="0006")
+        restored = db.session.execute(sa.text("SELECT reason FROM batch_row WHERE row = 3")).scalar_one()
+        db.session.remove()
+        db.engine.dispose()
+
+    assert ID_NUMBER not in raw
+    assert read == {
+        2: (PREVIEW_RECORD, None, None, ""),
+        3: (None, PREVIEW_CELLS, None, PREVIEW_REASON),
+        4: (PREVIEW_RECORD, None, PREVIEW_CHANGES, "更正"),
+    }
+    assert report == LEGACY_REPORT
+    assert restored == PREVIEW_REASON
+
+
+# --- free text kept in clear: audit entries and staff reasons ---------------------------
+
+MASKED = "5001**********9696"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"申请人证件号码 {ID_NUMBER}，已核对", f"申请人证件号码 {MASKED}，已核对"),
+        (f"（{ID_NUMBER}）", f"（{MASKED}）"),
+        ("50011219920730183x", "5001**********183X"),
+        ("证书编号 202421000001", "证书编号 202421000001"),
+        ("银行卡 6222021234567890123", "银行卡 6222021234567890123"),
+        ("ABC500109196409269696", "ABC5001**********9696"),
+        ({"reason": ID_NUMBER, "rows": [ID_NUMBER, 3], "count": 1}, {"reason": MASKED, "rows": [MASKED, 3], "count": 1}),
+        (None, None),
+    ],
+    ids=["in-sentence", "in-brackets", "lower-x", "certificate-number", "19-digits", "inside-word", "nested", "none"],
+)
+def test_mask_id_numbers(value, expected):
+    from app.id_numbers import mask_id_numbers
+
+    assert mask_id_numbers(value) == expected
+
+
+def test_audit_entry_masks_whole_id_numbers(app):
+    from app.models import AuditEntry
+    from app.services import audit
+
+    with app.app_context():
+        audit.record("test", "certificate.revoke", "certificate:1", detail={"reason": f"见 {ID_NUMBER}"},
+                     before={"id_number": ID_NUMBER}, after={"note": [ID_NUMBER]})
+        db.session.commit()
+        raw = str(db.session.execute(sa.text("SELECT detail, before, after FROM audit_entry")).one())
+        entry = db.session.scalar(sa.select(AuditEntry))
+
+    assert ID_NUMBER not in raw
+    assert entry.detail == {"reason": f"见 {MASKED}"}
+    assert entry.before == {"id_number": MASKED}
+    assert entry.after == {"note": [MASKED]}
+
+
+def test_revoke_reason_masks_id_number(app, loaded):
+    from app.services import records
+
+    with app.app_context():
+        certificate = db.session.scalar(sa.select(Certificate).where(Certificate.number == NUMBER))
+        records.revoke(certificate, reason=f"重复发证，申请人 {ID_NUMBER}", actor="test")
+        stored = db.session.execute(sa.text("SELECT revoke_reason FROM certificate WHERE number = :n"), {"n": NUMBER}).scalar_one()
+
+    assert stored == f"重复发证，申请人 {MASKED}"

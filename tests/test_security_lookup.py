@@ -148,6 +148,142 @@ def test_wrong_name_timing_matches_unknown_number(client, loaded):
     assert difference < bound, f"medians {statistics.median(wrong_name):.4f}s vs {statistics.median(unknown):.4f}s"
 
 
+# --- per-number limit: others' misses must not block a right lookup ----------------------
+
+
+@pytest.fixture
+def limited_app(app):
+    """Return a second app on the same database with Flask-Limiter and the captcha on, default lookup limits.
+
+    The limiter is one object shared by every app of the process, so it is
+    switched off again afterwards, as the session app has it.
+    """
+    from app import create_app
+    from app.extensions import db, limiter
+
+    keys = ("SECRET_KEY", "QR_TOKEN_KEYS", "ID_NUMBER_KEY", "ID_HASH_KEY", "SQLALCHEMY_DATABASE_URI", "BASE_URL")
+    limited = create_app(
+        {
+            **{key: app.config[key] for key in keys},
+            "TESTING": True,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "LOOKUP_RATE_LIMIT": "30 per minute",
+            "LOOKUP_NUMBER_RATE_LIMIT": "20 per minute",
+            "LOOKUP_CAPTCHA_ENABLED": True,
+        }
+    )
+    limiter.reset()
+    yield limited
+    limiter.reset()
+    limiter.enabled = False
+    with limited.app_context():
+        db.engine.dispose()  # its own connection pool, closed so no connection is left to the garbage collector
+
+
+def client_at(app, address: str):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def wrong_names_from_many_addresses(app, number: str = NUMBER, count: int = 20) -> list[int]:
+    """Look `number` up with a wrong name through the API, once from each of `count` addresses."""
+    return [
+        client_at(app, f"127.0.10.{index + 1}").get("/api/v1/verify", query_string={"number": number, "name": "某某"}).status_code
+        for index in range(count)
+    ]
+
+
+def rate_limit_headers(response) -> list[str]:
+    return [name for name in response.headers.keys() if name.lower().startswith("x-ratelimit")]
+
+
+def test_others_misses_leave_form_usable(limited_app, loaded, monkeypatch):
+    monkeypatch.setattr(captcha, "new_answer", lambda: "K7M4P")
+    assert wrong_names_from_many_addresses(limited_app) == [200] * 20
+    employer = client_at(limited_app, "127.0.11.2")
+
+    first = employer.get("/verify", query_string={"number": NUMBER, "name": NAME})
+    employer.get("/captcha.png")
+    solved = employer.get("/verify", query_string={"number": NUMBER, "name": NAME, "captcha": "K7M4P"})
+
+    assert first.status_code == 200
+    assert 'name="captcha"' in first.get_data(as_text=True)
+    assert solved.status_code == 200
+    assert 'class="card result result-valid"' in solved.get_data(as_text=True)
+    assert NUMBER in solved.get_data(as_text=True)
+
+
+def test_others_misses_api_gets_json_429(limited_app, loaded):
+    wrong_names_from_many_addresses(limited_app)
+
+    response = client_at(limited_app, "127.0.11.1").get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME})
+    body = response.get_json()
+
+    assert response.status_code == 429
+    assert response.mimetype == "application/json"
+    assert "/verify" in body["error"]
+    assert "验证码" in body["error"]
+    assert 0 < body["retry_after"] <= 60
+    assert response.headers["Retry-After"] == str(body["retry_after"])
+    assert rate_limit_headers(response) == []
+
+
+def test_right_lookups_never_exhaust_number(limited_app, loaded):
+    statuses = [
+        client_at(limited_app, f"127.0.12.{index + 1}").get(
+            "/api/v1/verify", query_string={"number": NUMBER, "name": NAME}
+        ).status_code
+        for index in range(40)
+    ]
+
+    assert statuses == [200] * 40
+
+
+@pytest.mark.parametrize("number", [NUMBER, "202421999999"], ids=["known-number", "unknown-number"])
+def test_number_misses_still_limited(limited_app, loaded, number):
+    statuses = wrong_names_from_many_addresses(limited_app, number, count=21)
+
+    assert statuses == [200] * 20 + [429]
+
+
+@pytest.mark.parametrize(
+    ("path", "mimetype"), [("/api/v1/verify", "application/json"), ("/verify", "text/html")], ids=["api", "form"]
+)
+def test_address_limit_kept(limited_app, loaded, monkeypatch, path, mimetype):
+    monkeypatch.setitem(limited_app.config, "LOOKUP_MISSES_BEFORE_CAPTCHA", 1000)
+    client = client_at(limited_app, "127.0.13.1")
+    statuses = [
+        client.get(path, query_string={"number": f"2024219{index:05d}", "name": NAME}).status_code for index in range(30)
+    ]
+
+    response = client.get(path, query_string={"number": NUMBER, "name": NAME})
+
+    assert statuses == [200] * 30
+    assert response.status_code == 429
+    assert response.mimetype == mimetype
+    assert "请求过于频繁" in response.get_data(as_text=True)
+    assert int(response.headers["Retry-After"]) > 0
+    assert rate_limit_headers(response) == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/verify", "/verify"])
+def test_lookup_headers_equal_for_miss_kinds(limited_app, loaded, path):
+    wrong_name = client_at(limited_app, "127.0.14.1").get(path, query_string={"number": NUMBER, "name": "王五"})
+    unknown = client_at(limited_app, "127.0.14.2").get(path, query_string={"number": "202421999999", "name": "王五"})
+    right = client_at(limited_app, "127.0.14.3").get(path, query_string={"number": NUMBER, "name": NAME})
+
+    assert rate_limit_headers(wrong_name) == []
+    assert rate_limit_headers(right) == []
+    assert sorted(wrong_name.headers.keys()) == sorted(unknown.headers.keys())
+    # The form sets a session cookie with a random CSRF token, and the numbers differ in the body.
+    varying = ("Content-Length", "Date", "Set-Cookie")
+    assert {name: value for name, value in wrong_name.headers.items() if name not in varying} == {
+        name: value for name, value in unknown.headers.items() if name not in varying
+    }
+
+
 # --- limits across gunicorn workers ----------------------------------------------
 
 

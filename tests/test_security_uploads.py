@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -194,3 +195,231 @@ def test_fuzzed_roster_over_http(staff_client, index):
         response = staff_client.get(response.headers["Location"])
 
     assert response.status_code == 200
+
+
+# --- per-file limits ------------------------------------------------------------------
+
+
+def post_seal(client, seal_id: int, image: bytes, filename: str = "印章.png"):
+    page = client.get("/admin/seals").get_data(as_text=True)
+    data = {f"seal{seal_id}-code": "5000000000101", f"seal{seal_id}-image": (io.BytesIO(image), filename),
+            "csrf_token": csrf_token(page)}
+    return client.post(f"/admin/seals/{seal_id}", data=data, content_type="multipart/form-data")
+
+
+@pytest.mark.parametrize(
+    ("size", "refused", "message"),
+    [
+        (10 * 1024 + 1, True, "名单文件「大名单.xlsx」有 10 KB，超过名单文件的上限 10 KB；请把名单拆成几个文件分别上传"),
+        (20 * 1024, True, "名单文件「大名单.xlsx」有 20 KB，超过名单文件的上限 10 KB"),
+        (10 * 1024, False, "内容不是 Excel 工作簿"),
+    ],
+    ids=["one-byte-over", "double", "at-limit"],
+)
+def test_roster_over_file_limit_refused(app, staff_client, monkeypatch, size, refused, message):
+    from sqlalchemy import func, select
+
+    from app.extensions import db
+    from app.models import ImportBatch
+
+    monkeypatch.setitem(app.config, "ROSTER_UPLOAD_MAX_BYTES", 10 * 1024)
+    uploads = Path(app.instance_path) / "uploads"
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+
+    response = upload(staff_client, "大名单.xlsx", b"x" * size)
+    if response.status_code == 303:
+        response = staff_client.get(response.headers["Location"])
+    html = response.get_data(as_text=True)
+    with app.app_context():
+        batches = db.session.scalar(select(func.count(ImportBatch.id)))
+    after = set(uploads.iterdir()) if uploads.is_dir() else set()
+
+    assert response.status_code == 200
+    assert message in html
+    assert ("超过名单文件的上限" in html) is refused
+    assert batches == (0 if refused else 1)
+    assert (after == before) is refused
+
+
+@pytest.mark.parametrize(
+    ("size", "refused", "message"),
+    [
+        (1024 + 1, True, "印章图片「印章.png」有 1 KB，超过印章图片的上限 1 KB；请压缩后再上传"),
+        (1024, False, "无法读取"),
+    ],
+    ids=["over", "at-limit"],
+)
+def test_seal_over_file_limit_refused(app, staff_client, monkeypatch, size, refused, message):
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import Seal
+
+    monkeypatch.setitem(app.config, "SEAL_UPLOAD_MAX_BYTES", 1024)
+    with app.app_context():
+        seal_id, image_path = db.session.execute(select(Seal.id, Seal.image_path).order_by(Seal.id)).first()
+
+    response = post_seal(staff_client, seal_id, b"\x89PNG" + b"x" * (size - 4))
+    html = staff_client.get("/admin/seals").get_data(as_text=True)
+    with app.app_context():
+        stored = db.session.scalar(select(Seal.image_path).where(Seal.id == seal_id))
+
+    assert response.status_code == 303
+    assert message in html
+    assert ("超过印章图片的上限" in html) is refused
+    assert stored == image_path
+
+
+# --- Sheet extent: one stray cell far away -------------------------------------
+
+ROSTER_HEADER = ["序号", "姓名", "性别", "身份证号", "出生年月", "专业", "批准日期", "编号"]
+ROSTER_ROW = [1, "韩一", "男", "500103199001011232", "1990.01", "土木建筑工程", "2023/12/1", "202396000001"]
+
+
+def far_cell_workbook(path: Path, address: str) -> Path:
+    """Write a one-row roster plus one cell at `address`, as a stray keystroke far down or right leaves it."""
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(ROSTER_HEADER)
+    sheet.append(ROSTER_ROW)
+    sheet[address] = "x"
+    workbook.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("XFD1048576", "1048576 行 × 16384 列"),  # calamine would allocate about 550 GB
+        ("J1048576", "1048576 行 × 10 列"),
+        ("A1048576", "1048576 行 × 8 列"),
+        ("XFD1", "2 行 × 16384 列"),
+        ("CV70000", "70000 行 × 100 列"),  # within the row and column bounds, but 7,000,000 cells
+    ],
+)
+def test_far_cell_rejected_before_loading(tmp_path, address, expected):
+    path = far_cell_workbook(tmp_path / "名单-far.xlsx", address)
+
+    with pytest.raises(RosterFileError) as caught:
+        open_roster(path)
+
+    message = str(caught.value)
+    assert "名单-far.xlsx" in message
+    assert f"位于 {address} 的单元格" in message
+    assert expected in message
+    assert "最多 300000 行、100 列" in message
+
+
+def test_far_cell_within_limits_read(tmp_path):
+    path = far_cell_workbook(tmp_path / "名单.xlsx", "Z500")
+
+    with open_roster(path) as table:
+        rows = list(table.rows())
+
+    assert rows[0].cells[1] == "韩一"
+    assert rows[-1].row == 500
+
+
+def test_far_cell_limits_configurable(tmp_path):
+    from app.domain.roster_read import SheetLimits
+
+    path = far_cell_workbook(tmp_path / "名单.xlsx", "A50")
+
+    with pytest.raises(RosterFileError, match="最多 20 行"):
+        open_roster(path, limits=SheetLimits(rows=20, columns=100, cells=10_000))
+
+
+def test_dimension_beyond_limits_rejected(tmp_path):
+    source = far_cell_workbook(tmp_path / "source.xlsx", "H2")
+    out = io.BytesIO()
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in original.namelist():
+            content = original.read(name)
+            if name == "xl/worksheets/sheet1.xml":
+                content = re.sub(rb'<dimension ref="[^"]+"', b'<dimension ref="A1:XFD1048576"', content)
+            archive.writestr(name, content)
+    path = tmp_path / "名单.xlsx"
+    path.write_bytes(out.getvalue())
+
+    with pytest.raises(RosterFileError) as caught:
+        open_roster(path)
+
+    assert "XFD1048576" in str(caught.value)
+    assert "dimension" in str(caught.value)
+
+
+def test_scan_reports_extent(tmp_path):
+    from app.domain.sheet_scan import scan_sheet
+
+    path = far_cell_workbook(tmp_path / "名单.xlsx", "J1048576")
+
+    flags = scan_sheet(path, "xl/worksheets/sheet1.xml")
+
+    assert (flags.max_row, flags.max_column) == (1048576, 9)
+    assert flags.max_row_cell == "J1048576"
+    assert flags.dimension == (1048576, 9)
+
+
+# --- CSV: width, repeated columns, a quote left open ---------------------------
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+CSV_HEADER = ",".join(ROSTER_HEADER)
+CSV_ROWS = [
+    "1,韩一,男,500103199001011232,1990.01,土木建筑工程,2023/12/1,202395041000",
+    "2,韩二,男,500109196409269696,1964.09,土木建筑工程,2023/12/1,202395041001",
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "expected"),
+    [
+        ("wide-header", CSV_HEADER + "," + ",".join(f"c{i}" for i in range(20_000)) + "\n" + CSV_ROWS[0] + "\n",
+         ["第 1 行有 20008 列", "最多 100 列"]),
+        ("wide-row", CSV_HEADER + "\n" + CSV_ROWS[0] + ",x" * 200 + "\n",
+         ["第 2 行有 208 列", "最多 100 列"]),
+        ("repeated-name", CSV_HEADER + ",姓名\n" + CSV_ROWS[0] + ",韩零\n",
+         ["第 B 列「姓名」和第 I 列「姓名」是同一列名"]),
+        ("synonym-of-id", CSV_HEADER + ",证件号码\n" + CSV_ROWS[0] + ",500109196409269696\n",
+         ["第 D 列「身份证号」和第 I 列「证件号码」是同一列名"]),
+        ("quote-open-last-row", CSV_HEADER + "\n" + CSV_ROWS[0] + '\n3,"韩四,男,500103199001011232,1990.01,土木建筑工程,2023/12/1,202395999999\n',
+         ["第 3 行（文件第 3 行）第 2 列", "以双引号开始但没有对应的结束双引号", "直到文件末尾"]),
+        ("quote-open-last-row-no-newline", CSV_HEADER + "\n" + CSV_ROWS[0] + '\n3,"韩四,男,500103199001011232,1990.01',
+         ["第 3 行（文件第 3 行）第 2 列", "直到文件末尾"]),
+        ("quote-open-mid-file", CSV_HEADER + '\n1,"韩一,男,500103199001011232\n' + CSV_ROWS[1] + "\n",
+         ["第 2 行（文件第 2 行）第 2 列", "后面第 3 行被并进了这一个单元格"]),
+    ],
+)
+def test_csv_defect_rejected_with_message(tmp_path, case, text, expected):
+    path = write_csv(tmp_path / "名单.csv", text)
+
+    with pytest.raises(RosterFileError) as caught:
+        with open_roster(path) as table:
+            list(table.rows())
+
+    for part in expected:
+        assert part in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "last_row"),
+    [
+        ("quoted-cell-closed", '3,"韩三",男,500103199001011232,1990.01,"土木建筑工程,造价",2023/12/1,202395041002\n'),
+        ("doubled-quote", '3,"韩""三",男,500103199001011232,1990.01,土木建筑工程,2023/12/1,202395041002'),
+        ("quote-inside-cell", '3,韩"三,男,500103199001011232,1990.01,土木建筑工程,2023/12/1,202395041002\n'),
+    ],
+)
+def test_csv_closed_quotes_read(tmp_path, case, last_row):
+    path = write_csv(tmp_path / "名单.csv", "\n".join([CSV_HEADER, *CSV_ROWS, last_row]))
+
+    with open_roster(path) as table:
+        rows = list(table.rows())
+
+    assert [row.row for row in rows] == [2, 3, 4]
+    assert rows[-1].cells[7] == "202395041002"

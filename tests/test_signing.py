@@ -443,3 +443,48 @@ def test_verify_file_in_browser(certificate_file, live_server, browser, javascri
         assert page.locator("h1").count() == 1
     finally:
         context.close()
+
+
+def classic_pdf(objects: dict[int, bytes]) -> bytes:
+    """Assemble a one-revision PDF with a classic cross-reference table from {object number: body}."""
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = {}
+    for number in sorted(objects):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n" % number + objects[number] + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (max(objects) + 1)
+    for number in range(1, max(objects) + 1):
+        out += b"%010d 00000 n \n" % offsets[number]
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (max(objects) + 1, xref)
+    return bytes(out)
+
+
+PAGES = b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"
+PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>"
+NESTED_PDFS = {
+    "deep-array": {1: b"<< /Type /Catalog /Pages 2 0 R /X " + b"[" * 50_000 + b"]" * 50_000 + b" >>", 2: PAGES, 3: PAGE},
+    "deep-dict": {1: b"<< /Type /Catalog /Pages 2 0 R /X " + b"<< /A " * 20_000 + b"1" + b" >>" * 20_000 + b" >>",
+                  2: PAGES, 3: PAGE},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED_PDFS))
+def test_deeply_nested_pdf_unreadable(case, demo_keys, tmp_path) -> None:
+    path = tmp_path / f"{case}.pdf"
+    path.write_bytes(classic_pdf(NESTED_PDFS[case]))
+
+    check = signing.check_signed_file(path.read_bytes(), signing.load_trust_roots(demo_keys.ca_files))
+
+    assert check.outcome == signing.FILE_UNREADABLE
+
+
+@pytest.mark.parametrize("case", sorted(NESTED_PDFS))
+def test_verify_file_deeply_nested_pdf(client, case, tmp_path) -> None:
+    path = tmp_path / f"{case}.pdf"
+    path.write_bytes(classic_pdf(NESTED_PDFS[case]))
+
+    response = upload(client, path.read_bytes())
+
+    assert response.status_code == 200
+    assert "无法读取该文件" in response.get_data(as_text=True)

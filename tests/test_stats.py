@@ -64,6 +64,7 @@ def test_download_is_counted(app, client, loaded):
 
     assert response.status_code == 200
     with app.app_context():
+        events.flush_downloads()
         assert db.session.scalar(select(func.count(DownloadEvent.id))) == 1
 
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from flask import Blueprint, abort, current_app, make_response, redirect, request, url_for
 from flask_login import current_user
 
-from ..web import hx_redirect, is_htmx
+from ..web import hx_redirect, is_htmx, login_next
 
 bp = Blueprint("admin", __name__)
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def require_staff():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if not current_user.is_authenticated or not getattr(current_user, "is_staff", False):
-        target = url_for("admin.login", next=request.full_path if request.method == "GET" else None)
+        target = url_for("admin.login", next=login_next())
         if is_htmx():
             # A login form swapped into a fragment would be unusable: htmx loads the whole page instead.
             return hx_redirect(make_response("", 401), target)
@@ -76,3 +76,4 @@ def require_staff():
 from . import auth, routes  # noqa: E402,F401
 from . import audit, catalogue, records, staff, stats  # noqa: E402,F401
 from . import documents  # noqa: E402,F401
+from . import holders  # noqa: E402,F401

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from flask import Response, render_template, request
+from flask import Response, render_template, request, stream_with_context
 
-from ..services import audit
+from ..services import audit, exports
 from . import bp
 
 XLSX_MIMETYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -49,7 +49,7 @@ def _criteria() -> tuple[audit.AuditFilter, list[str]]:
 @bp.get("/audit")
 def audit_log():
     criteria, errors = _criteria()
-    page = request.args.get("page", 1, type=int) or 1
+    page = min(max(request.args.get("page", 1, type=int) or 1, 1), audit.MAX_PAGE)
     entries = audit.search(criteria, page=page)
     return render_template(
         "admin/audit.html",
@@ -70,8 +70,17 @@ def _export_name(extension: str) -> str:
 
 @bp.get("/audit.csv")
 def audit_csv():
+    """Stream the CSV export while the rows are read, so a large log never sits in memory."""
     criteria, _errors = _criteria()
-    response = Response(audit.export_csv(criteria), mimetype="text/csv")
+    if request.method == "HEAD":
+        # stream_with_context would push a copy of the request context for a body that is never sent.
+        body = None
+    else:
+        # stream_with_context keeps the request context, and so the database session, until the server
+        # closes the response: when the body ends or the client goes away. Popping it then ends the
+        # session (teardown), after the generator's finally has closed the cursor.
+        body = stream_with_context(exports.audit_csv_chunks(criteria))
+    response = Response(body, mimetype="text/csv")
     response.headers["Content-Disposition"] = f"attachment; filename={_export_name('csv')}"
     return response
 
@@ -79,6 +88,6 @@ def audit_csv():
 @bp.get("/audit.xlsx")
 def audit_xlsx():
     criteria, _errors = _criteria()
-    response = Response(audit.export_xlsx(criteria), mimetype=XLSX_MIMETYPE)
+    response = Response(exports.audit_xlsx_bytes(criteria), mimetype=XLSX_MIMETYPE)
     response.headers["Content-Disposition"] = f"attachment; filename={_export_name('xlsx')}"
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, abort, flash, redirect, render_template, send_file, url_for
+from flask import Response, abort, current_app, flash, redirect, render_template, send_file, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -12,6 +12,7 @@ from flask_wtf.file import FileField
 from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
+from ..domain import upload_checks
 from ..domain.seals import MAX_SEAL_UPLOAD_BYTES, SEAL_CODE_DIGITS, SealUploadError
 from ..extensions import db
 from ..models import ImportBatch
@@ -39,7 +40,7 @@ class PlainForm(FlaskForm):
 def seals_page():
     items = [(seal, SealForm(prefix=f"seal{seal.id}", code=seal.code)) for seal in seals.all_seals()]
     return render_template("admin/seals.html", items=items, reset_form=PlainForm(),
-                           max_kb=MAX_SEAL_UPLOAD_BYTES // 1024)
+                           max_kb=min(current_app.config["SEAL_UPLOAD_MAX_BYTES"], MAX_SEAL_UPLOAD_BYTES) // 1024)
 
 
 @bp.post("/seals/<int:seal_id>")
@@ -54,10 +55,14 @@ def seal_update(seal_id: int):
         return redirect(url_for(".seals_page"), 303)
 
     upload = form.image.data
-    image = upload.read(MAX_SEAL_UPLOAD_BYTES + 1) if upload and upload.filename else None
     try:
+        image = None
+        if upload and upload.filename:
+            limit = current_app.config["SEAL_UPLOAD_MAX_BYTES"]
+            upload_checks.check_upload_size(upload.stream, upload.filename, limit, "印章图片", "请压缩后再上传")
+            image = upload.read(limit + 1)
         changed = seals.update_seal(seal, code=form.code.data, image=image, actor=current_user.username)
-    except SealUploadError as error:
+    except (SealUploadError, upload_checks.UploadTooLargeError) as error:
         db.session.rollback()
         flash(f"印章「{seal.name}」未更新：{error}", "error")
     else:
@@ -99,7 +104,13 @@ def batch_export(batch_id: int):
     if batch.state != "confirmed":
         flash(f"批次 #{batch.id} 尚未确认导入，没有可导出的证书。", "error")
         return redirect(url_for(".batch", batch_id=batch.id), 303)
-    job = exports.start_batch_export(batch, actor=current_user.username)
+    try:
+        job, started = exports.start_batch_export(batch, actor=current_user.username)
+    except exports.ExportBusyError as error:
+        flash(str(error), "error")
+        return redirect(url_for(".batch", batch_id=batch.id), 303)
+    if not started:
+        flash(f"批次 #{batch.id} 的导出已在进行中（任务 #{job.id}），下面是它的进度，无需重复导出。", "info")
     return redirect(url_for(".export_page", job_id=job.id), 303)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, abort, flash, make_response, redirect, render_template, request, url_for
+from flask import Response, abort, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 from wtforms import SelectChoice
 
+from ..domain import upload_checks
 from ..domain.roster import RosterFileError, guess_from_filename
 from ..extensions import db
 from ..models import Certificate, Exam, ImportBatch, Job
@@ -30,7 +31,8 @@ def index():
 
 @bp.get("/batches")
 def batch_list():
-    page = request.args.get("page", 1, type=int)
+    # Clamped, because a page number past about 2**63 / 50 overflows the database's OFFSET.
+    page = min(max(request.args.get("page", 1, type=int), 1), 1_000_000)
     query = select(ImportBatch).order_by(ImportBatch.id.desc())
     pagination = db.paginate(query, page=page, per_page=50, error_out=False)
     return render_template("admin/batches.html", pagination=pagination)
@@ -51,6 +53,10 @@ def upload():
         filename = upload_file.filename or "upload"
         guessed_exam, guessed_kind = guess_from_filename(filename, load_catalogue())
         try:
+            upload_checks.check_upload_size(
+                upload_file.stream, filename, current_app.config["ROSTER_UPLOAD_MAX_BYTES"], "名单文件",
+                "请把名单拆成几个文件分别上传",
+            )
             stored_name = batches.store_upload(upload_file.read(), filename)
             batch = batches.create_batch(
                 stored_name,
@@ -60,7 +66,7 @@ def upload():
                 actor=current_user.username,
                 include_hidden=bool(form.include_hidden.data),
             )
-        except RosterFileError as error:
+        except (RosterFileError, upload_checks.UploadTooLargeError) as error:
             form.file.errors.append(str(error))
         else:
             _preview_or_start(batch)
@@ -69,13 +75,18 @@ def upload():
 
 
 def _preview_or_start(batch: ImportBatch) -> None:
-    """Preview a small file now and a large one in a background job."""
+    """Preview a small file now and a large one in a background job.
+
+    A file that cannot be used is recorded as a failed preview job, whose
+    message the batch page shows; GET pages never run a preview themselves.
+    """
     if batches.runs_in_background(batch):
         batches.start_preview(batch, current_user.username)
         return
     try:
         batches.preview(batch)
-    except RosterFileError:
+    except RosterFileError as error:
+        batches.record_preview_failure(batch, str(error), current_user.username)
         logger.info("Batch %s cannot be previewed; the batch page shows the reason", batch.id)
 
 
@@ -110,17 +121,16 @@ def batch(batch_id: int):
 
 
 def _preview_error(batch: ImportBatch) -> str | None:
-    """Preview a batch not previewed yet and return why the file cannot be used, if it cannot."""
+    """Return why a batch has no preview, from its last job; None when it has one or is no longer in preview."""
     if batch.state != "preview" or batch.previewed_at is not None:
         return None
     last = jobs.get_job(batch.job_id) if batch.job_id else None
-    if last is not None and last.state == jobs.JOB_FAILED:
+    if last is not None and last.state == jobs.JOB_FAILED and last.message:
         return last.message
-    try:
-        batches.preview(batch)
-    except RosterFileError as error:
-        return str(error)
-    return None
+    return (
+        f"批次 #{batch.id} 的预览没有完成，处理它的进程可能已中断。"
+        "请放弃本批次后重新上传；如果再次出现，请联系系统管理员。"
+    )
 
 
 def _earlier_batch(batch: ImportBatch) -> int | None:
@@ -204,10 +214,9 @@ def discard(batch_id: int):
 def report(batch_id: int):
     batch = _batch(batch_id)
     if batch.previewed_at is None and batch.report_csv is None:
-        try:
-            batches.preview(batch)
-        except RosterFileError as error:
-            abort(400, str(error))
+        # The report is read from the stored preview only, and the batch page shows why there is none.
+        flash(f"批次 #{batch.id} 还没有预览结果，无法下载报告。", "error")
+        return redirect(url_for(".batch", batch_id=batch.id), 303)
     # The BOM makes Excel open the UTF-8 report with the right encoding.
     response = Response("\ufeff" + batches.batch_report_csv(batch), mimetype="text/csv")
     response.headers["Content-Disposition"] = f"attachment; filename=batch-{batch.id}-report.csv"

@@ -1,4 +1,4 @@
-"""Admin pages for staff accounts: list, create with a role, deactivate, reactivate, reset a password."""
+"""Admin pages for staff accounts: list, create with a role, deactivate, reactivate, reset a password or second factor."""
 
 from __future__ import annotations
 
@@ -104,5 +104,16 @@ def staff_reset_password(staff_id: int):
         staff.reset_password(user, form.password.data or "", actor=current_user.username)
     except staff.StaffError as error:
         return _page(status=422, errors=[f"账号 {user.username}：{m}" for m in error.errors["password"]])
-    flash(f"已重置账号 {user.username} 的密码，请把新密码当面告知本人。", "success")
+    flash(f"已重置账号 {user.username} 的密码，该账号的现有登录已全部失效，请把新密码当面告知本人。", "success")
+    return redirect(url_for(".staff_list"), 303)
+
+
+@bp.post("/staff/<int:staff_id>/totp/reset")
+@admin_only
+def staff_reset_totp(staff_id: int):
+    user = _user(staff_id)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    staff.reset_second_factor(user, actor=current_user.username)
+    flash(f"已重置账号 {user.username} 的动态验证码，其登录已全部失效；本人下次登录时需重新绑定身份验证器应用。", "success")
     return redirect(url_for(".staff_list"), 303)

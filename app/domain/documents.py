@@ -26,6 +26,7 @@ from xhtml2pdf.config.resources import ResourceAccessPolicy
 
 from .catalogue import Layout
 from .fonts import PRIMARY_FONT, fontrun, missing_glyphs, register_fonts
+from .image_reuse import install_image_reuse
 from .seals import seal_png, seal_render_path
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 # accelerator that pure-Python encoder took 45% of a render (cProfile, 2-core VM). PDF streams
 # are binary-safe, so the filter only made files 25% larger and slower.
 rl_config.useA85 = 0
+# Encodes the seal image once per process rather than once per certificate.
+install_image_reuse()
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,12 @@ def template_environment(template_dir: Path = TEMPLATE_DIR) -> Environment:
     return environment
 
 
+@lru_cache(maxsize=1)
+def default_css(template_dir: Path = TEMPLATE_DIR) -> str:
+    """Return the trimmed default stylesheet the certificate templates are drawn with."""
+    return (template_dir / "_default.css").read_text(encoding="utf-8")
+
+
 def seal_uri(seal, *, static_dir: Path, instance_dir: Path | None) -> str:
     """Return the seal image as an instance/ path the link_callback resolves, or as a data URI without one."""
     if instance_dir is None:
@@ -272,6 +281,7 @@ def _html_to_pdf(html: str, doc: CertificateDocument, *, static_dir: Path, insta
     result = pisa.CreatePDF(
         html,
         dest=output,
+        default_css=default_css(),
         link_callback=make_link_callback(static_dir, instance_dir),
         resource_policy=policy,
         encoding="utf-8",

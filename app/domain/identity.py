@@ -11,6 +11,7 @@ as given.
 
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from datetime import date
@@ -61,6 +62,7 @@ RESIDENCE_PERMIT_AREA_CODES = frozenset({"810000", "820000", "830000"})
 
 _CHECK_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARACTERS = "10X98765432"  # indexed by the weighted sum mod 11
+_ASCII_ZERO_OFFSET = ord("0") * sum(_CHECK_WEIGHTS)
 _EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 _SEVENTEEN_DIGITS = re.compile(r"[0-9]{17}")
 _GB11643_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
@@ -96,7 +98,8 @@ def check_character(first_17_digits: str) -> str:
     """
     if not _SEVENTEEN_DIGITS.fullmatch(first_17_digits):
         raise ValueError(f"expected 17 ASCII digits, got {len(first_17_digits)} characters")
-    total = sum(int(digit) * weight for digit, weight in zip(first_17_digits, _CHECK_WEIGHTS))
+    # The bytes of ASCII digits are their values plus 48, so the sum runs in C without int() per digit.
+    total = sum(map(operator.mul, first_17_digits.encode("ascii"), _CHECK_WEIGHTS)) - _ASCII_ZERO_OFFSET
     return _CHECK_CHARACTERS[total % 11]
 
 

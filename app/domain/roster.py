@@ -17,7 +17,6 @@ staff tick 包括隐藏行 to import them.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import unicodedata
@@ -30,8 +29,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from .catalogue import KIND_CERTIFICATE, KIND_LABELS, KIND_PASS, Catalogue, Exam
-from .fonts import missing_glyphs
+from .glyph_coverage import coverage_bitmap, uncovered_characters
 from .identity import (
+    ID_RESIDENT,
+    RESIDENCE_PERMIT_AREA_CODES,
+    RESIDENT_PROVINCE_CODES,
     IdentityError,
     check_character,
     infer_id_type,
@@ -61,7 +63,10 @@ from .roster_read import (
     Header,
     RosterFileError,
     RosterTable,
+    DEFAULT_LIMITS,
+    SheetLimits,
     SheetRow,
+    escape_invisible,
     header_key,
     is_blank,
     open_roster,
@@ -220,6 +225,8 @@ def iter_outcomes(
     filename: str | None = None,
     today: date | None = None,
     include_hidden: bool = False,
+    glyph_cache_dir: Path | None = None,
+    limits: SheetLimits = DEFAULT_LIMITS,
 ) -> OutcomeStream:
     """Open a roster and return an iterator of one outcome per row below the header.
 
@@ -227,8 +234,12 @@ def iter_outcomes(
     this returns, so RosterFileError comes from the call itself. A workbook
     that breaks part-way raises RosterFileError from the generator instead.
     Rows stream, so memory grows only with the certificate numbers seen.
+    `glyph_cache_dir` is where the fonts' glyph coverage is cached between processes.
+    `limits` bounds the sheet's used range, see `SheetLimits`.
     """
-    table = open_roster(path, filename=filename)
+    # Loaded before the sheet, so fontTools' temporary tables are freed before calamine fills memory.
+    glyphs = coverage_bitmap(cache_dir=glyph_cache_dir)
+    table = open_roster(path, filename=filename, limits=limits)
     try:
         context = _RowContext(
             header=table.header,
@@ -237,6 +248,7 @@ def iter_outcomes(
             kind=_default_kind(table.header, kind),
             today=today or date.today(),
             include_hidden=include_hidden,
+            glyphs=glyphs,
         )
     except RosterFileError:
         table.close()
@@ -286,8 +298,13 @@ class _RowContext:
     kind: str | None
     today: date
     include_hidden: bool = False
+    glyphs: bytes = b""  # glyph_coverage bitmap
     _exams: dict[str, Exam] = field(default_factory=dict)
     _specialties: dict[str, dict[str, str]] = field(default_factory=dict)
+    fast: _FastPath | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fast = _FastPath(self)
 
     def find_exam(self, text: str) -> Exam | None:
         if not self._exams:
@@ -356,16 +373,19 @@ def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> It
 
 
 def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, str, str, int]]) -> RowOutcome:
-    skip_reason = _skip_reason(row, context.header)
-    if skip_reason:
-        return RowOutcome(row.row, SKIPPED, skip_reason, hidden=row.hidden)
-    errors: list[str] = []
-    record = _parse_record(row, context, errors)
+    # A fast record has digits in its ID number, so `_skip_reason` would return "" for it.
+    record = context.fast.record(row.cells) if context.fast else None
     if record is None:
-        reason = "；".join(errors)
-        if row.hidden:
-            reason = f"（{HIDDEN_LABELS[row.hidden]}）{reason}"
-        return RowOutcome(row.row, REJECTED, reason, hidden=row.hidden, cells=row.cells)
+        skip_reason = _skip_reason(row, context.header)
+        if skip_reason:
+            return RowOutcome(row.row, SKIPPED, skip_reason, hidden=row.hidden)
+        errors: list[str] = []
+        record = _parse_record(row, context, errors)
+        if record is None:
+            reason = "；".join(errors)
+            if row.hidden:
+                reason = f"（{HIDDEN_LABELS[row.hidden]}）{reason}"
+            return RowOutcome(row.row, REJECTED, reason, hidden=row.hidden, cells=row.cells)
     if row.hidden and not context.include_hidden:
         # Not recorded in `seen`, so a visible row with the same number is judged on its own.
         label = HIDDEN_LABELS[row.hidden]
@@ -450,7 +470,7 @@ def _parse_record(row: SheetRow, context: _RowContext, errors: list[str]) -> Rec
 
     name = _attempt(errors, parse_name, cell(NAME))
     if name is not None:
-        _attempt(errors, check_printable, name)
+        _attempt(errors, check_printable, name, context.glyphs)
     identity = _attempt(errors, parse_identity, cell(ID_TYPE), cell(ID_NUMBER), cell(GENDER),
                         cell(BIRTH_MONTH), context.today)
     exam = _attempt(errors, _row_exam, cell(EXAM), context)
@@ -470,6 +490,159 @@ def _parse_record(row: SheetRow, context: _RowContext, errors: list[str]) -> Rec
         birth_month=birth_month, exam=exam.name, specialty=specialty, level=level, kind=kind,
         approval_date=approval_date,
     )
+
+
+class _FastPath:
+    """Validation of the common clean row with precompiled checks and per-value caches.
+
+    `record` returns the same RecordData as `_parse_record` for a row whose
+    cells are plain. That is a name of CJK ideographs, an 18-digit 居民身份证
+    number as text, 男/女, known exam, kind and specialty texts, dates, and a
+    certificate number already in canonical form. For any other row, and for
+    any row that fails a check, it returns None. `_parse_record` then judges
+    the row again and writes the messages. `test_roster` compares both paths.
+    """
+
+    # Distinct values cached per column; a roster repeats a few hundred dates and specialties.
+    CACHE_LIMIT = 4096
+    _PLAIN_NAME = re.compile(f"[\u4e00-\u9fff]{{1,{MAX_NAME_LENGTH}}}")
+    _PLAIN_RESIDENT_NUMBER = re.compile(r"[1-9][0-9]{16}[0-9X]")
+    _GENDERS = {"男": "男", "女": "女"}
+
+    def __init__(self, context: _RowContext) -> None:
+        self.context = context
+        columns = context.header.columns
+        self.indices = tuple(
+            columns.get(key) for key in (NAME, ID_TYPE, ID_NUMBER, GENDER, BIRTH_MONTH, EXAM, KIND, SPECIALTY, LEVEL,
+                                         APPROVAL_DATE, NUMBER)
+        )  # fmt: skip
+        self.width = max((index for index in self.indices if index is not None), default=0) + 1
+        # The ideographs a plain name may use that some font covers; a name with another character takes the slow path.
+        self._covered_ideographs = frozenset(
+            char for char in map(chr, range(0x4E00, 0xA000)) if not uncovered_characters(char, context.glyphs)
+        )
+        self._months: dict[str, date | None] = {}
+        self._dates: dict[str, date | None] = {}
+        self._exams: dict[str, Exam | None] = {}
+        self._kinds: dict[str, str | None] = {}
+        self._specialties: dict[tuple[str, str], str | None] = {}
+
+    def record(self, cells: tuple[Cell, ...]) -> RecordData | None:
+        if len(cells) < self.width:
+            cells = cells + (None,) * (self.width - len(cells))
+        name_at, type_at, id_at, gender_at, birth_at, exam_at, kind_at, specialty_at, level_at, date_at, number_at = (
+            self.indices
+        )
+
+        name = cells[name_at]
+        id_number = cells[id_at]
+        number = cells[number_at]
+        if type(number) is int:
+            number = str(number)
+        if not self._plain_keys(name, id_number, number):
+            return None
+        if type_at is not None and cells[type_at] is not None:
+            return None
+
+        birth_month = self._resident_birth_month(id_number)  # type: ignore[arg-type]
+        if birth_month is None:
+            return None
+        gender = "男" if int(id_number[16]) % 2 else "女"  # type: ignore[index]
+        if gender_at is not None and cells[gender_at] is not None and self._GENDERS.get(cells[gender_at]) != gender:
+            return None
+        if birth_at is not None and cells[birth_at] is not None and self._month(cells[birth_at]) != birth_month:
+            return None
+
+        exam = self._exam(None if exam_at is None else cells[exam_at])
+        kind = self._kind(None if kind_at is None else cells[kind_at])
+        if exam is None or kind is None:
+            return None
+        specialty = self._specialty(exam, None if specialty_at is None else cells[specialty_at])
+        if specialty is None:
+            return None
+        level = None
+        if level_at is not None and cells[level_at] is not None:
+            try:
+                level = _parse_level(cells[level_at], exam)
+            except FieldError:
+                return None
+
+        approval_date = self._date(None if date_at is None else cells[date_at])
+        if approval_date is None or not EARLIEST_APPROVAL <= approval_date <= self.context.today:
+            return None
+        return RecordData(
+            number=number, name=name, gender=gender, id_type=ID_RESIDENT, id_number=id_number,  # type: ignore[arg-type]
+            birth_month=birth_month, exam=exam.name, specialty=specialty, level=level, kind=kind,
+            approval_date=approval_date,
+        )  # fmt: skip
+
+    def _plain_keys(self, name: Cell, id_number: Cell, number: Cell) -> bool:
+        """Return whether the name, ID number and certificate number are text already in canonical form."""
+        return (
+            type(name) is str
+            and type(id_number) is str
+            and type(number) is str
+            and self._PLAIN_NAME.fullmatch(name) is not None
+            and self._PLAIN_RESIDENT_NUMBER.fullmatch(id_number) is not None
+            and CERTIFICATE_NUMBER.fullmatch(number) is not None
+            and self._covered_ideographs.issuperset(name)
+        )
+
+    def _resident_birth_month(self, number: str) -> date | None:
+        """Return the birth month of a valid 居民身份证 number, or None for any other number."""
+        if number[:6] in RESIDENCE_PERMIT_AREA_CODES or number[:2] not in RESIDENT_PROVINCE_CODES:
+            return None
+        try:
+            born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+        except ValueError:
+            return None
+        if not EARLIEST_BIRTH <= born <= self.context.today or check_character(number[:17]) != number[17]:
+            return None
+        return born.replace(day=1)
+
+    def _cached(self, cache: dict, key: object, compute: Callable[[], T]) -> T:
+        if key in cache:
+            return cache[key]
+        value = compute()
+        if len(cache) < self.CACHE_LIMIT:
+            cache[key] = value
+        return value
+
+    def _month(self, value: Cell) -> date | None:
+        if type(value) is str:
+            return self._cached(self._months, value, lambda: _read_month(value) if value.strip() else None)
+        if isinstance(value, (date, int, float)) and not isinstance(value, bool):
+            return _read_month(value)
+        return None
+
+    def _date(self, value: Cell) -> date | None:
+        if type(value) is datetime:
+            return value.date()
+        if type(value) is date:
+            return value
+        if type(value) is str:
+            return self._cached(self._dates, value, lambda: _read_date(value))
+        return None
+
+    def _exam(self, value: Cell) -> Exam | None:
+        if value is None:
+            return self.context.exam
+        if type(value) is not str or value.lstrip().startswith("="):
+            return None
+        return self._cached(self._exams, value, lambda: self.context.find_exam(value.strip()) if value.strip() else None)
+
+    def _kind(self, value: Cell) -> str | None:
+        if value is None:
+            return self.context.kind
+        if type(value) is not str or value.lstrip().startswith("="):
+            return None
+        return self._cached(self._kinds, value, lambda: KIND_NAMES.get(_lookup_key(value)))
+
+    def _specialty(self, exam: Exam, value: Cell) -> str | None:
+        if type(value) is not str or value.lstrip().startswith("=") or not value.strip():
+            return None
+        key = (exam.name, value)
+        return self._cached(self._specialties, key, lambda: self.context.find_specialty(exam, value.strip()))
 
 
 def _row_exam(value: Cell, context: _RowContext) -> Exam:
@@ -639,9 +812,10 @@ def _formula_error(label: str, text: str) -> FieldError:
 
 
 def _shown(text: str) -> str:
-    if len(text) <= SHOWN_CHARACTERS:
-        return text
-    return text[:SHOWN_CHARACTERS] + "…"
+    """Return a cell value for a message: cut to SHOWN_CHARACTERS, with invisible characters written as \\uXXXX."""
+    if len(text) > SHOWN_CHARACTERS:
+        return escape_invisible(text[:SHOWN_CHARACTERS]) + "…"
+    return escape_invisible(text)
 
 
 def parse_name(value: Cell) -> str:
@@ -674,7 +848,7 @@ def _check_name(name: str) -> None:
     if markup:
         raise FieldError(f"姓名「{shown}」含有标记字符「{''.join(markup)}」，请只填写姓名本身")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in name):
-        raise FieldError(f"姓名「{shown!r}」含有控制字符，请删除后重新填写")
+        raise FieldError(f"姓名「{shown}」含有控制字符，请删除后重新填写")
     if any(c.isdigit() for c in name):
         raise FieldError(f"姓名「{shown}」含有数字，请只填写姓名本身")
     if not any(unicodedata.category(c)[0] == "L" for c in name):
@@ -686,18 +860,13 @@ def _check_name(name: str) -> None:
         raise FieldError(f"姓名「{shown}」含有不允许的字符「{''.join(other)}」，姓名只能包含文字、间隔号·、空格、点和连字符")
 
 
-@functools.lru_cache(maxsize=65536)
-def _uncovered(char: str) -> bool:
-    # Cached per character: a roster repeats a few thousand characters across 100,000 names.
-    return bool(missing_glyphs(char))
-
-
-def check_printable(name: str) -> None:
+def check_printable(name: str, glyphs: bytes | None = None) -> None:
     """Raise FieldError when no shipped font has a glyph for a character of `name`.
 
     Such a certificate could never be rendered, so the row is rejected.
+    `glyphs` is a `glyph_coverage` bitmap, loaded here when not given.
     """
-    missing = [char for char in dict.fromkeys(name) if _uncovered(char)]
+    missing = uncovered_characters(name, glyphs or coverage_bitmap())
     if missing:
         shown = "、".join(f"「{char}」（U+{ord(char):04X}）" for char in missing)
         raise FieldError(

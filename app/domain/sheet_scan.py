@@ -36,6 +36,10 @@ _AUTO_FILTER = re.compile(rb"<" + _PREFIX + rb"autoFilter\b[^>]*?\bref=\"[A-Z]+(
 _ROW_NUMBER = re.compile(rb"\br=\"(\d+)\"")
 _HIDDEN = re.compile(rb"\bhidden=\"(?:1|true)\"")
 _CELL_REF = re.compile(rb"\br=\"([A-Z]+)\d+\"")
+# Every cell's reference, for the sheet's extent. Only cells have an r attribute with column letters.
+_CELL_COLUMN = re.compile(rb"\sr=\"([A-Z]+)\d")
+_CELL_ROW = re.compile(rb"\sr=\"[A-Z]+(\d+)\"")
+_DIMENSION = re.compile(rb"<" + _PREFIX + rb"dimension\b[^>]*?\bref=\"([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?\"")
 
 _CHUNK_BYTES = 1 << 22
 
@@ -67,6 +71,15 @@ class SheetFlags:
     filter_rows: tuple[int, int] | None = None
     # Row number -> 0-based column -> formula.
     formulas: dict[int, dict[int, FormulaText]] = field(default_factory=dict)
+    # The used range as python-calamine sizes it: the largest row number and 0-based column of any cell.
+    # Row tags without cells do not count, because Excel writes them for rows that only have a height or style.
+    max_row: int = 0
+    max_column: int = -1
+    # References of the cells that set max_row and max_column, such as "A1048576", for messages.
+    max_row_cell: str = ""
+    max_column_cell: str = ""
+    # The <dimension> element's far corner as (row, 0-based column), when the sheet has one.
+    dimension: tuple[int, int] | None = None
 
     def row_state(self, row: int) -> str:
         """Return "", "hidden" or "filtered" for spreadsheet row `row`."""
@@ -101,11 +114,40 @@ def scan_sheet(path: Path, part: str) -> SheetFlags:
             chunk = stream.read(_CHUNK_BYTES)
             buffer = pending + chunk
             cut = len(buffer) if not chunk else _last_row_end(buffer)
-            last_row = _scan_rows(buffer[:cut], flags, last_row)
+            text = buffer[:cut]
+            last_row = _scan_rows(text, flags, last_row)
+            _record_extent(text, flags)
             pending = buffer[cut:]
             if not chunk:
                 break
     return flags
+
+
+def _record_extent(text: bytes, flags: SheetFlags) -> None:
+    """Widen `flags`' used range by the cells in `text`, as python-calamine sizes it from cell references."""
+    if flags.dimension is None and flags.max_row == 0:
+        dimension = _DIMENSION.search(text)
+        if dimension:
+            letters, row = dimension.group(3) or dimension.group(1), dimension.group(4) or dimension.group(2)
+            flags.dimension = (int(row), _column_index(letters))
+    # A set first, because a roster has a few distinct column letters however many cells it has.
+    for letters in set(_CELL_COLUMN.findall(text)):
+        column = _column_index(letters)
+        if column > flags.max_column:
+            flags.max_column = column
+            found = re.search(rb"\sr=\"(" + letters + rb"\d+)\"", text)
+            flags.max_column_cell = found.group(1).decode() if found else letters.decode()
+    rows = _CELL_ROW.findall(text)
+    row = max(map(int, rows)) if rows else 0
+    if row > flags.max_row:
+        flags.max_row = row
+        found = re.search(rb"\sr=\"([A-Z]+" + str(row).encode() + rb")\"", text)
+        flags.max_row_cell = found.group(1).decode() if found else str(row)
+
+
+def column_letters(index: int) -> str:
+    """Return the Excel column letters of a 0-based column index, such as "XFD" for 16383."""
+    return _column_letters(index)
 
 
 def _last_row_end(buffer: bytes) -> int:
@@ -123,6 +165,13 @@ def _last_row_end(buffer: bytes) -> int:
 
 def _scan_rows(text: bytes, flags: SheetFlags, last_row: int) -> int:
     """Record the flags of every row in `text`; return the number of the last row seen."""
+    has_formulas = b"<f" in text or b":f" in text
+    if b"hidden" not in text and not has_formulas:
+        # Nothing to record row by row, as in most chunks of a plain roster.
+        numbered = _last_numbered_row(text)
+        if numbered is not None:
+            _find_auto_filter(text, flags)
+            return numbered
     starts: list[int] = []
     numbers: list[int] = []
     for match in _ROW_TAG.finditer(text):
@@ -134,15 +183,37 @@ def _scan_rows(text: bytes, flags: SheetFlags, last_row: int) -> int:
         if b"hidden" in attributes and _HIDDEN.search(attributes):
             flags.hidden_rows.add(last_row)
 
-    if b"<f" in text or b":f" in text:
+    if has_formulas:
         for match in _FORMULA_TAG.finditer(text):
             _record_formula(text, match, starts, numbers, flags)
 
+    _find_auto_filter(text, flags)
+    return last_row
+
+
+def _find_auto_filter(text: bytes, flags: SheetFlags) -> None:
     auto_filter = _AUTO_FILTER.search(text)
     if auto_filter:
         first = int(auto_filter.group(1))
         flags.filter_rows = (first, int(auto_filter.group(2) or first))
-    return last_row
+
+
+def _last_numbered_row(text: bytes) -> int | None:
+    """Return the r attribute of the last row tag in `text`, or None when there is no tag or it has no r.
+
+    Without an r, a row's number is one more than the row before it, so the
+    caller must count every row tag instead.
+    """
+    position = len(text)
+    while True:
+        position = text.rfind(b"row", 0, position)
+        if position == -1:
+            return None
+        start = text.rfind(b"<", 0, position)
+        match = _ROW_TAG.match(text, start) if start != -1 else None
+        if match is not None and match.start(1) == position + len(b"row"):
+            number = _ROW_NUMBER.search(match.group(1))
+            return int(number.group(1)) if number else None
 
 
 def _record_formula(text: bytes, match: re.Match, starts: list[int], numbers: list[int], flags: SheetFlags) -> None:

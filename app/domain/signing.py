@@ -52,6 +52,10 @@ FILE_MODIFIED = "modified"  # signature present but the bytes or revisions chang
 FILE_FOREIGN = "foreign"  # unsigned, or signed by a key the configured CA did not issue
 FILE_UNREADABLE = "unreadable"  # not a PDF, or truncated beyond reading
 
+# pyHanko's parser recurses once per nesting level, so a file of 50,000 nested
+# arrays raises RecursionError; a huge declared length or count can raise MemoryError.
+PARSER_EXHAUSTION = (RecursionError, MemoryError)
+
 
 class SigningKeyError(RuntimeError):
     """The configured signing key or certificate is missing or unreadable."""
@@ -246,6 +250,8 @@ def check_signed_file(data: bytes, trust_roots: list[asn1_x509.Certificate]) -> 
         signatures = reader.embedded_signatures
     except (PdfReadError, ValueError, KeyError, TypeError, IndexError, AttributeError, OSError) as error:
         return FileCheck(FILE_UNREADABLE, detail=f"unreadable: {error!r}"[:200])
+    except PARSER_EXHAUSTION as error:
+        return FileCheck(FILE_UNREADABLE, detail=f"parser exhausted: {type(error).__name__}")
     if not signatures:
         return FileCheck(FILE_FOREIGN, detail="no signature")
 
@@ -255,6 +261,8 @@ def check_signed_file(data: bytes, trust_roots: list[asn1_x509.Certificate]) -> 
         status = validate_pdf_signature(signature, context)
     except (SigningError, PdfReadError, ValueError, KeyError, TypeError) as error:
         return FileCheck(FILE_MODIFIED, detail=f"validation error: {error!r}"[:200])
+    except PARSER_EXHAUSTION as error:
+        return FileCheck(FILE_UNREADABLE, detail=f"parser exhausted during validation: {type(error).__name__}")
 
     if not status.intact or not status.valid:
         return FileCheck(FILE_MODIFIED, detail="digest or signature mismatch")

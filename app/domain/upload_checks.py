@@ -1,4 +1,8 @@
-"""Checks on an uploaded workbook's ZIP container, made before any reader parses it.
+"""Checks on an uploaded file made before any reader parses it: its size, and a workbook's ZIP container.
+
+`check_upload_size` applies the per-kind limit (ROSTER_UPLOAD_MAX_BYTES,
+SEAL_UPLOAD_MAX_BYTES) to one file of a request; MAX_CONTENT_LENGTH still
+bounds the whole request before Flask reads it.
 
 The limits apply to the sizes declared in the central directory. Each member
 is then inflated once, in chunks, by Python's zipfile, which stops at the
@@ -8,9 +12,11 @@ passes cannot inflate past its declared sizes in the workbook readers either.
 
 from __future__ import annotations
 
+import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from .roster_read import RosterFileError
 
@@ -22,6 +28,36 @@ MAX_RATIO = 250
 RATIO_EXEMPT_BYTES = 1024 * 1024
 MACRO_PARTS = ("xl/vbaproject.bin", "xl/vbaprojectsignature.bin")
 CHUNK_BYTES = 1024 * 1024
+
+
+class UploadTooLargeError(ValueError):
+    """One uploaded file is larger than the limit for its kind; the message names the file and the limit."""
+
+
+def check_upload_size(stream: BinaryIO, display_name: str, limit_bytes: int, label: str, advice: str) -> int:
+    """Return the size of an uploaded file, or raise UploadTooLargeError when it exceeds `limit_bytes`.
+
+    `label` names the kind of file in the message ("名单文件", "印章图片"), and
+    `advice` is the next step for staff. The stream must be seekable and is left at its
+    start, so the caller reads it as if it had not been checked.
+    """
+    # werkzeug spools every uploaded file to a seekable stream (BytesIO or a temporary file).
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    if size > limit_bytes:
+        raise UploadTooLargeError(
+            f"{label}「{display_name}」有 {format_size(size)}，超过{label}的上限 {format_size(limit_bytes)}；{advice}"
+        )
+    return size
+
+
+def format_size(size: int) -> str:
+    """Return a byte count as staff read it: "1.5 MB", "300 KB" or "20 字节"."""
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f}".removesuffix(".0") + " MB"
+    if size >= 1024:
+        return f"{size / 1024:.1f}".removesuffix(".0") + " KB"
+    return f"{size} 字节"
 
 
 def check_workbook_archive(path: Path, display_name: str) -> None:

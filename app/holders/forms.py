@@ -5,7 +5,7 @@ from wtforms.validators import DataRequired, EqualTo, Length, Regexp, Validation
 
 from ..domain.identity import ID_TYPES, IdentityError, normalise_id_number
 from ..domain.passwords import holder_password_problem
-from ..domain.roster import normalise_name
+from ..domain.roster import FieldError, parse_name
 
 
 class RegisterForm(FlaskForm):
@@ -30,7 +30,11 @@ class RegisterForm(FlaskForm):
     consent = BooleanField(_l("我已阅读并同意《个人信息保护告知书》"), validators=[DataRequired(_l("请阅读并同意个人信息保护告知书。"))])
 
     def validate_name(self, field: StringField) -> None:
-        field.data = normalise_name(field.data or "")
+        # The roster import's rules, so a registered name can match the name on a certificate.
+        try:
+            field.data = parse_name(field.data or "")
+        except FieldError as error:
+            raise ValidationError(error.reason) from error
 
     def validate_id_number(self, field: StringField) -> None:
         try:

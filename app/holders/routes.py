@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from flask import abort, flash, make_response, redirect, render_template, request, session, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, logout_user
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from werkzeug.http import quote_etag
 
 from ..auth import end_session, start_session
 from ..domain.documents import MissingGlyphError
 from ..domain.identity import mask_id_number
-from ..extensions import db
-from ..models import STATUS_REVOKED, Certificate
+from ..extensions import db, limiter
+from ..id_numbers import id_hash
+from ..models import Certificate
 from ..security import current_address
-from ..services import accounts, events, lookup
-from ..services.certificates import cached_pdf
+from ..services import accounts, certificates as certificate_files, events, lookup
+from ..services.certificates import CachedPdf, PdfSource
 from . import bp
 from .forms import DeleteAccountForm, LoginForm, RegisterForm, ResetForm, ResetRequestForm
 
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 REGISTERED_MESSAGE = (
     "注册信息已提交。请用证件号码（或手机号码）和刚设置的密码登录；"
     "如果该证件号码或手机号码此前已注册，请用原密码登录，忘记密码可点击“忘记密码”找回。"
+    "如果您从未注册过，却无法登录、也收不到验证码，可能是证件号码已被他人注册："
+    "请携带本人身份证件到人力资源和社会保障局服务窗口办理，工作人员核验证件后可删除该账号或改为您的手机号码。"
 )
 RESET_SENT_MESSAGE = "如果证件号码和手机号码与已注册账号一致，验证码已发送到该手机号码，10 分钟内有效。请在下方填写验证码和新密码。"
 RESET_FAILED_MESSAGE = "验证码不正确、已过期或已使用，或证件号码与手机号码不匹配：请核对后重试，或重新获取验证码。"
@@ -75,11 +80,32 @@ def logout():
     return redirect(url_for("public.index"), 303)
 
 
+def _reset_address_limit() -> str:
+    return current_app.config["PASSWORD_RESET_ADDRESS_RATE_LIMIT"]
+
+
+def _reset_phone_limit() -> str:
+    return current_app.config["PASSWORD_RESET_PHONE_RATE_LIMIT"]
+
+
+def _reset_phone_key() -> str:
+    return accounts.reset_limit_key(request.form.get("phone", "")[:40])
+
+
+# Both limits count every POST, whether or not the pair belongs to an account, so they reveal nothing.
+reset_address_limit = limiter.shared_limit(_reset_address_limit, scope="password-reset-address", methods=["POST"])
+reset_phone_limit = limiter.shared_limit(
+    _reset_phone_limit, scope="password-reset-phone", key_func=_reset_phone_key, methods=["POST"]
+)
+
+
 @bp.route("/password/forgot", methods=["GET", "POST"])
+@reset_address_limit
+@reset_phone_limit
 def forgot_password():
     form = ResetRequestForm()
     if form.validate_on_submit():
-        accounts.request_reset(form.id_number.data, form.phone.data)
+        accounts.queue_reset_request(form.id_number.data, form.phone.data)
         flash(RESET_SENT_MESSAGE, "info")
         return redirect(url_for(".reset_password"), 303)
     return render_template("holders/forgot.html", form=form)
@@ -125,57 +151,103 @@ def certificates():
     return render_template("holders/certificates.html", certificates=items)
 
 
-def _own_certificate(number: str) -> Certificate:
-    """Load one of the current holder's certificates; anyone else's returns exactly what a missing one returns."""
+# Maximum length of certificate.number (String(32)), so longer input cannot match.
+MAX_NUMBER_LENGTH = 32
+
+
+def _own_pdf_source(number: str) -> PdfSource:
+    """Return the PDF source of one of the current holder's valid certificates, or abort with 404.
+
+    A revoked certificate stays in the holder's list, marked 已撤销, but is no
+    longer issued as a file. Another holder's number, a revoked certificate and
+    a missing number all get the same 404; only the log distinguishes them, for staff.
+    """
     _holder_required()
-    for certificate in lookup.certificates_of(current_user.name, current_user.id_number):
-        # A revoked certificate stays in the list, marked 已撤销, but is no longer issued as a file.
-        if certificate.number == number and certificate.status != STATUS_REVOKED:
-            return certificate
-    # Another holder's number and a missing one get the same 404; the log distinguishes them for staff.
-    logger.warning("Holder %s asked for certificate %r, which is not theirs or does not exist", current_user.id, number[:40])
-    abort(404)
+    source = None
+    # PostgreSQL rejects NUL in text, so such input never reaches the query.
+    if len(number) <= MAX_NUMBER_LENGTH and "\x00" not in number:
+        source = certificate_files.owned_pdf_source(number, current_user.name, id_hash(current_user.id_number))
+    if source is None:
+        _log_refused_number(number)
+        abort(404)
+    return source
+
+
+def _log_refused_number(number: str) -> None:
+    """Log why a holder's request for `number` gets 404: another holder's record, revoked, or missing."""
+    found = None
+    if len(number) <= MAX_NUMBER_LENGTH and "\x00" not in number:
+        found = db.session.execute(
+            select(Certificate.id, Certificate.name, Certificate.id_number_hash, Certificate.status)
+            .where(Certificate.number == number)
+        ).first()
+    if found is None:
+        logger.warning("Holder %s requested certificate %r, which does not exist", current_user.id, number[:40])
+    elif found.name == current_user.name and found.id_number_hash == id_hash(current_user.id_number):
+        logger.info("Holder %s requested their certificate %s, which is revoked", current_user.id, found.id)
+    else:
+        logger.warning("Holder %s requested certificate %s, which is not theirs", current_user.id, found.id)
 
 
 @bp.get("/me/certificates/<number>.pdf")
 @login_required
 def download(number: str):
-    certificate = _own_certificate(number)
+    source = _own_pdf_source(number)
+    entry = certificate_files.cache_entry(source)
+    if not entry.path.is_file():
+        try:
+            source, entry = _render_own(number, source)
+        except MissingGlyphError as error:
+            logger.error("Certificate %s cannot be rendered: %s", number, error)
+            return render_template("error.html", code=500, message=f"{error}。请联系发证机关处理。"), 500
     disposition = "inline" if request.args.get("inline") else "attachment"
-    # The response is built first: the event's commit expires the loaded
-    # certificate, and reloading it with its layout and seal cost four queries.
-    response = _pdf_response(certificate, disposition)
-    events.record_download(certificate.id)
+    response = _pdf_response(entry, number, disposition)
+    events.record_download(source.certificate_id)
     return response
+
+
+def _render_own(number: str, source: PdfSource) -> tuple[PdfSource, CachedPdf]:
+    """Render, sign and cache the PDF of `source`, checking ownership again if the record changed meanwhile."""
+    entry = certificate_files.render_cached(source)
+    if entry is None:
+        # Corrected or revoked between the ownership query and loading the record.
+        source = _own_pdf_source(number)
+        entry = certificate_files.render_cached(source)
+    if entry is None:
+        abort(404)
+    return source, entry
 
 
 @bp.get("/me/certificates/<number>/print")
 @login_required
 def print_view(number: str):
-    certificate = _own_certificate(number)
+    source = _own_pdf_source(number)
+    certificate = db.session.get(Certificate, source.certificate_id)
     return render_template("holders/print.html", certificate=certificate)
 
 
-def _pdf_response(certificate: Certificate, disposition: str):
-    try:
-        entry = cached_pdf(certificate)
-    except MissingGlyphError as error:
-        logger.error("Certificate %s cannot be rendered: %s", certificate.number, error)
-        return render_template("error.html", code=500, message=f"{error}。请联系发证机关处理。"), 500
+def _pdf_response(entry: CachedPdf, number: str, disposition: str):
+    """Build the download response: 304 when If-None-Match matches, else the bytes or an nginx X-Accel-Redirect.
 
-    # The ETag is known before the file is read, so a matching If-None-Match
-    # costs no disk read. The bytes are sent from memory rather than with
-    # send_file, whose open file handle the test client leaves unclosed.
-    if entry.etag in request.if_none_match:
-        response = make_response("", 304)
-        response.set_etag(entry.etag)
-    else:
-        response = make_response(entry.path.read_bytes())
-        response.headers["Content-Type"] = "application/pdf"
-        response.headers["Content-Disposition"] = f"{disposition}; filename={certificate.number}.pdf"
-        response.set_etag(entry.etag)
+    The ETag is known before the file is read, so a matching If-None-Match
+    costs no disk read.
+    """
     # no-store keeps the personal PDF out of every cache, browsers included,
     # so browsers never revalidate. The ETag still lets a client that keeps
     # its own copy (a download manager, a script) send If-None-Match.
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    headers = [("ETag", quote_etag(entry.etag)), ("Cache-Control", "no-store")]
+    if entry.etag in request.if_none_match:
+        return current_app.response_class(status=304, headers=headers)
+
+    headers.append(("Content-Disposition", f"{disposition}; filename={number}.pdf"))
+    accel_prefix = current_app.config["PDF_ACCEL_REDIRECT_PREFIX"]
+    if accel_prefix:
+        # nginx sends the file from its internal location aliased to
+        # instance/pdf-cache/; the app has already checked ownership.
+        headers.append(("X-Accel-Redirect", f"{accel_prefix.rstrip('/')}/{entry.path.name}"))
+        body = b""
+    else:
+        # Bytes from memory rather than send_file, whose open file handle
+        # the test client leaves unclosed.
+        body = entry.path.read_bytes()
+    return current_app.response_class(body, headers=headers, mimetype="application/pdf")

@@ -20,6 +20,7 @@ from openpyxl import Workbook
 from sqlalchemy import Select, select
 
 from ..extensions import db
+from ..id_numbers import mask_id_numbers
 from ..models import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Rows an export contains at most; the page asks staff to narrow the filter beyond that.
 EXPORT_LIMIT = 100_000
 PAGE_SIZE = 100
+# Highest page number served; larger numbers overflow the database's 64-bit OFFSET.
+MAX_PAGE = 1_000_000
 
 # Chinese names of the actions, for the page, the filter and the exports.
 ACTION_LABELS = {
@@ -62,7 +65,10 @@ def record(
     after: dict | None = None,
 ) -> AuditEntry:
     """Add an audit entry to the session; the caller's commit writes it with the change it describes."""
-    entry = AuditEntry(actor=actor, action=action, target=target, detail=detail or {}, before=before, after=after)
+    # detail, before and after are masked by AuditEntry's validator; the target is free text too.
+    entry = AuditEntry(
+        actor=actor, action=action, target=mask_id_numbers(target), detail=detail or {}, before=before, after=after
+    )
     db.session.add(entry)
     return entry
 
@@ -102,13 +108,15 @@ def filtered_query(criteria: AuditFilter) -> Select:
     zone = _local_zone()
     if criteria.date_from:
         query = query.where(AuditEntry.at >= datetime.combine(criteria.date_from, time.min, zone))
-    if criteria.date_to:
+    # The last representable day (9999-12-31) has no next day, and nothing is stored after it.
+    if criteria.date_to and criteria.date_to < date.max:
         query = query.where(AuditEntry.at < datetime.combine(criteria.date_to + timedelta(days=1), time.min, zone))
     return query
 
 
 def search(criteria: AuditFilter, *, page: int = 1) -> list[AuditEntry]:
-    query = filtered_query(criteria).limit(PAGE_SIZE).offset((max(page, 1) - 1) * PAGE_SIZE)
+    page = min(max(page, 1), MAX_PAGE)
+    query = filtered_query(criteria).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
     return list(db.session.scalars(query))
 
 

@@ -30,6 +30,9 @@ SQLITE_SUFFIX = ".sqlite3"
 POSTGRES_SUFFIX = ".dump"
 # Pages copied per step of sqlite3's backup; other connections may write between steps.
 SQLITE_PAGES_PER_STEP = 4096
+# Backups contain personal data (names, birth months, encrypted ID numbers), so
+# only the service's own user may read them, whatever the umask.
+BACKUP_FILE_MODE = 0o600
 
 
 class BackupError(RuntimeError):
@@ -146,6 +149,7 @@ def _sqlite_backup(source: Path, target: Path) -> None:
     if not source.is_file():
         raise BackupError(f"数据库文件 {source} 不存在：请先运行 flask --app wsgi db upgrade。")
     partial = target.with_suffix(target.suffix + ".partial")
+    _create_private(partial)
     source_connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     target_connection = sqlite3.connect(partial)
     try:
@@ -156,6 +160,14 @@ def _sqlite_backup(source: Path, target: Path) -> None:
         target_connection.close()
         source_connection.close()
     os.replace(partial, target)
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` empty with BACKUP_FILE_MODE before a tool writes the backup into it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, BACKUP_FILE_MODE)
+    os.close(descriptor)
+    # O_CREAT leaves the mode of a file left over from a failed run unchanged.
+    os.chmod(path, BACKUP_FILE_MODE)
 
 
 def _sqlite_restore(source: Path, target: Path) -> None:
@@ -223,6 +235,7 @@ def _error_summary(output: str) -> str:
 
 def _pg_dump(url: URL, target: Path) -> None:
     partial = target.with_suffix(target.suffix + ".partial")
+    _create_private(partial)  # pg_dump truncates the file and keeps its mode
     command = [_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges", "--file", str(partial)]
     _run(command, _pg_environment(url), "备份")
     os.replace(partial, target)

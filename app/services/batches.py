@@ -18,10 +18,12 @@ from pathlib import Path
 
 from flask import current_app
 from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..domain.roster import RosterFileError
+from ..domain.sheet_scan import column_letters
 from ..extensions import db
 from ..models import AuditEntry, BatchRow, ImportBatch, Job, utcnow
 from . import jobs
@@ -44,6 +46,7 @@ DEFAULT_BACKGROUND_BYTES = 512 * 1024
 DEFAULT_BACKGROUND_ROWS = 5000
 PAGE_SIZE = 50
 REASON_COLUMN = "错误原因"
+XLSX_MAX_COLUMNS = 16_384  # columns A to XFD
 
 _STATE_LABELS = {"preview": "待确认", "confirmed": "确认导入", "discarded": "放弃"}
 
@@ -118,6 +121,19 @@ def preview(batch: ImportBatch, progress: ProgressFn | None = None) -> ImportPla
     return plan
 
 
+def record_preview_failure(batch: ImportBatch, message: str, actor: str) -> Job:
+    """Store why the batch's file cannot be previewed, as a failed preview job the batch page shows."""
+    job = Job(
+        kind="batch.preview", state=jobs.JOB_FAILED, created_by=actor, target=f"batch:{batch.id}",
+        message=message, started_at=utcnow(), finished_at=utcnow(),
+    )  # fmt: skip
+    db.session.add(job)
+    db.session.flush()
+    batch.job_id = job.id
+    db.session.commit()
+    return job
+
+
 def set_include_hidden(batch: ImportBatch, include_hidden: bool, actor: str) -> None:
     """Change whether hidden and filtered rows are imported; the preview must then run again."""
     _require_preview_state(batch, "修改")
@@ -173,10 +189,14 @@ def confirm(
             progress=progress or _quiet,
         )
     except IntegrityError as error:
-        logger.warning("Batch %s failed to apply: %s", batch.id, error.__class__.__name__)
-        raise RosterFileError(
-            f"批次 #{batch.id} 写入时发现证书编号已被其他批次同时导入，已全部撤回、未写入任何记录；请重新预览后再确认。"
-        ) from error
+        raise _concurrent_numbers(batch.id, error) from error
+
+
+def _concurrent_numbers(batch_id: int | None, error: IntegrityError) -> RosterFileError:
+    logger.warning("Batch %s failed to apply: %s", batch_id, error.__class__.__name__)
+    return RosterFileError(
+        f"批次 #{batch_id} 写入时发现证书编号已被其他批次同时导入，已全部撤回、未写入任何记录；请重新预览后再确认。"
+    )
 
 
 def start_confirm(batch: ImportBatch, actor: str, apply_rows: Iterable[int]) -> Job:
@@ -225,6 +245,10 @@ def import_file(
     `apply_changes`; otherwise they are reported as rejected with the
     difference. A dry run previews inside a transaction that is rolled back,
     so it leaves nothing behind; its batch is returned detached for the report.
+
+    Otherwise planning writes each new certificate at once, and everything,
+    from the batch row to the confirmation, is one transaction: a process
+    killed part-way leaves no batch and no certificate behind.
     """
     stored_name = store_upload(path, path.name)
     stored = upload_dir() / stored_name
@@ -235,7 +259,7 @@ def import_file(
     try:
         db.session.add(batch)
         db.session.flush()
-        plan = plan_batch(batch, stored, progress=progress or _quiet)
+        plan = plan_batch(batch, stored, progress=progress or _quiet, write_certificates=not dry_run)
         if dry_run:
             plan.report = report_csv(iter_batch_rows(batch.id))  # type: ignore[attr-defined]
             db.session.rollback()
@@ -243,6 +267,10 @@ def import_file(
             return plan, None
         db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": path.name}))
         db.session.flush()
+    except IntegrityError as error:
+        db.session.rollback()
+        stored.unlink(missing_ok=True)
+        raise _concurrent_numbers(batch.id, error) from error
     except BaseException:
         db.session.rollback()
         stored.unlink(missing_ok=True)
@@ -281,27 +309,45 @@ def rejected_xlsx(batch: ImportBatch) -> bytes:
     """Return the rejected rows as an XLSX: the file's header row plus 错误原因, one row per rejected row.
 
     Staff correct the cells and upload the workbook again. Cells keep their
-    values as read; dates come back as ISO text, which the import reads.
+    values as read, except that text starting with "=" gets a leading "'"
+    and control characters XLSX cannot store are removed, which the
+    错误原因 cell then says. Dates come back as ISO text, which the import reads.
     """
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet("被拒绝的行")
-    header = list(batch.header or [])
-    sheet.append(header + [REASON_COLUMN])
+    # Rosters wider than ROSTER_MAX_COLUMNS are rejected when read, so this guards only batches stored before that check.
+    header = list(batch.header or [])[: XLSX_MAX_COLUMNS - 1]
+    sheet.append([_xlsx_cell(label)[0] for label in header] + [REASON_COLUMN])
     width = len(header)
     for row in iter_batch_rows(batch.id, [REJECTED], (BatchRow.row, BatchRow.cells, BatchRow.reason)):
         cells = list(row.cells or [])[:width]
         cells += [None] * (width - len(cells))
-        sheet.append([_xlsx_cell(value) for value in cells] + [row.reason])
+        values = []
+        cleaned = []
+        for index, value in enumerate(cells):
+            value, changed = _xlsx_cell(value)
+            values.append(value)
+            if changed:
+                cleaned.append(column_letters(index))
+        reason, _changed = _xlsx_cell(row.reason)
+        if cleaned:
+            reason = f"{reason}；（第 {'、'.join(cleaned)} 列的值含有 Excel 无法保存的控制字符，本文件中已删除这些字符）"
+        sheet.append(values + [reason])
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
 
 
-def _xlsx_cell(value):
+def _xlsx_cell(value: object) -> tuple[object, bool]:
+    """Return a cell value openpyxl can write as plain data, and whether control characters were removed from it."""
+    if not isinstance(value, str):
+        return value, False
+    cleaned = ILLEGAL_CHARACTERS_RE.sub("", value)
+    changed = cleaned != value
     # openpyxl stores "=..." text as a formula, which must not come back to life in the fixed file.
-    if isinstance(value, str) and value.startswith("="):
-        return "'" + value
-    return value
+    if cleaned.startswith("="):
+        cleaned = "'" + cleaned
+    return cleaned, changed
 
 
 # --- Progress -----------------------------------------------------------

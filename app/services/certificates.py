@@ -13,13 +13,13 @@ from pathlib import Path
 
 from flask import current_app
 from pypdf import PdfReader
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..domain import signing
 from ..domain.documents import TEMPLATE_DIR, CertificateDocument, render_pdf
 from ..domain.tokens import make_token
 from ..extensions import db
-from ..models import Certificate
+from ..models import STATUS_REVOKED, Certificate, DocumentKind, Layout, Seal
 from . import lookup
 from .catalogue import load_catalogue
 from .lookup import CertificateView
@@ -95,6 +95,101 @@ class CachedPdf:
     etag: str  # hex digest of everything the bytes depend on
 
 
+@dataclass(frozen=True)
+class PdfSource:
+    """The record and catalogue fields a certificate's PDF depends on, besides templates and settings.
+
+    Built from a loaded certificate (`source_of`) or from one narrow query
+    (`owned_pdf_source`); both give the same cache entry.
+    """
+
+    certificate_id: int
+    version: int
+    public_id: str
+    layout_code: str
+    layout_title: str
+    layout_statement: str
+    co_issuers: tuple[str, ...]
+    kind_name: str
+    kind_issuer: str
+    seal_code: str
+    seal_name: str
+    seal_image_path: str | None
+
+
+def source_of(certificate: Certificate) -> PdfSource:
+    """Return the PDF source of a loaded certificate, loading its layout, document kind and seal if needed."""
+    layout = certificate.layout
+    kind = layout.document_kind
+    seal = kind.seal
+    return PdfSource(
+        certificate_id=certificate.id,
+        version=certificate.version,
+        public_id=certificate.public_id,
+        layout_code=layout.code,
+        layout_title=layout.title,
+        layout_statement=layout.statement,
+        co_issuers=tuple(layout.co_issuers or ()),
+        kind_name=kind.name,
+        kind_issuer=kind.issuer,
+        seal_code=seal.code,
+        seal_name=seal.name,
+        seal_image_path=seal.image_path,
+    )
+
+
+# One join over the certificate and the catalogue rows its PDF prints. Built
+# once at import, so a request only binds parameters and hits SQLAlchemy's
+# compiled cache. It runs on the session's connection and loads no ORM objects.
+_OWNED_SOURCE = (
+    select(
+        Certificate.id, Certificate.version, Certificate.public_id,
+        Layout.code, Layout.title, Layout.statement, Layout.co_issuers,
+        DocumentKind.name, DocumentKind.issuer,
+        Seal.code, Seal.name, Seal.image_path,
+    )
+    .join(Layout, Layout.id == Certificate.layout_id)
+    .join(DocumentKind, DocumentKind.id == Layout.document_kind_id)
+    .join(Seal, Seal.id == DocumentKind.seal_id)
+    .where(
+        Certificate.number == bindparam("number"),
+        Certificate.id_number_hash == bindparam("id_number_hash"),
+        Certificate.name == bindparam("name"),
+        Certificate.status != STATUS_REVOKED,
+    )
+)
+
+
+def owned_pdf_source(number: str, name: str, id_number_hash: str) -> PdfSource | None:
+    """Return the PDF source of certificate `number` when it is issued to this name and ID number and not revoked.
+
+    The match uses the record's current name and ID number, like
+    `lookup.certificates_of`, so a correction or revocation takes effect on the
+    next request. Returns None for a missing, revoked or someone else's number.
+    """
+    row = db.session.connection().execute(
+        _OWNED_SOURCE, {"number": number, "id_number_hash": id_number_hash, "name": name}
+    ).first()
+    if row is None:
+        return None
+    (certificate_id, version, public_id, layout_code, layout_title, layout_statement, co_issuers,
+     kind_name, kind_issuer, seal_code, seal_name, seal_image_path) = row
+    return PdfSource(
+        certificate_id=certificate_id,
+        version=version,
+        public_id=public_id,
+        layout_code=layout_code,
+        layout_title=layout_title,
+        layout_statement=layout_statement,
+        co_issuers=tuple(co_issuers or ()),
+        kind_name=kind_name,
+        kind_issuer=kind_issuer,
+        seal_code=seal_code,
+        seal_name=seal_name,
+        seal_image_path=seal_image_path,
+    )
+
+
 @lru_cache(maxsize=8)
 def _template_digest(template_dir: Path, signing_cert_mtime: int, signing_cert: Path) -> str:
     digest = hashlib.sha256(RENDERER_REVISION.encode())
@@ -111,12 +206,15 @@ def render_digest() -> str:
     The templates are read once per process, like Jinja's compiled templates,
     so a template edit takes effect after a restart.
     """
-    cert = signing_keys().cert_file
-    mtime = cert.stat().st_mtime_ns if cert.is_file() else 0
+    cert = _resolved_path(current_app.instance_path, current_app.config["SIGNING_CERT_FILE"])
+    try:
+        mtime = cert.stat().st_mtime_ns
+    except FileNotFoundError:
+        mtime = 0
     return _template_digest(TEMPLATE_DIR, mtime, cert)
 
 
-def cache_entry(certificate: Certificate) -> CachedPdf:
+def cache_entry(certificate: Certificate | PdfSource) -> CachedPdf:
     """Return where the signed PDF of `certificate` is cached and its ETag.
 
     The key covers the record id and version (corrections bump the version),
@@ -124,17 +222,27 @@ def cache_entry(certificate: Certificate) -> CachedPdf:
     prints (title, statement, issuers, seal), so any of those changing gives a
     new file name.
     """
-    layout = certificate.layout
-    kind = layout.document_kind
-    seal = kind.seal
+    source = certificate if isinstance(certificate, PdfSource) else source_of(certificate)
+    etag = _etag(render_digest(), current_app.config["BASE_URL"], source)
+    name = f"{source.certificate_id}-v{source.version}-{etag}.pdf"
+    return CachedPdf(path=_resolved_path(current_app.instance_path, PDF_CACHE_DIR) / name, etag=etag)
+
+
+@lru_cache(maxsize=16)
+def _resolved_path(instance_path: str, value: str | os.PathLike) -> Path:
+    # Cached because a cached download resolves two paths and pathlib parsing costs more than the rest of the key.
+    path = Path(value)
+    return path if path.is_absolute() else Path(instance_path) / path
+
+
+@lru_cache(maxsize=4096)
+def _etag(render_digest: str, base_url: str, source: PdfSource) -> str:
     parts = [
-        render_digest(), current_app.config["BASE_URL"], certificate.id, certificate.version, certificate.public_id,
-        layout.code, layout.title, layout.statement, list(layout.co_issuers or ()), kind.name, kind.issuer,
-        seal.code, seal.name, seal.image_path,
+        render_digest, base_url, source.certificate_id, source.version, source.public_id,
+        source.layout_code, source.layout_title, source.layout_statement, list(source.co_issuers),
+        source.kind_name, source.kind_issuer, source.seal_code, source.seal_name, source.seal_image_path,
     ]
-    etag = hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()[:32]
-    name = f"{certificate.id}-v{certificate.version}-{etag}.pdf"
-    return CachedPdf(path=Path(current_app.instance_path) / PDF_CACHE_DIR / name, etag=etag)
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()[:32]
 
 
 def render_signed_pdf(certificate: Certificate) -> bytes:
@@ -155,6 +263,18 @@ def cached_pdf(certificate: Certificate) -> CachedPdf:
     pdf = render_signed_pdf(certificate)
     _store(entry.path, pdf, certificate.id)
     return entry
+
+
+def render_cached(source: PdfSource) -> CachedPdf | None:
+    """Render, sign and cache the PDF that `source` describes, and return its cache entry.
+
+    Returns None when the record is revoked or no longer matches `source`
+    (corrected, or its layout or seal changed since `source` was read).
+    """
+    certificate = db.session.get(Certificate, source.certificate_id)
+    if certificate is None or certificate.status == STATUS_REVOKED or source_of(certificate) != source:
+        return None
+    return cached_pdf(certificate)
 
 
 def certificate_pdf(certificate: Certificate) -> bytes:

@@ -64,27 +64,72 @@ def flush_lookups() -> int:
     if not pending:
         return 0
     try:
-        with db.engine.begin() as connection:
-            connection.execute(insert(LookupEvent.__table__), pending)
-    except SQLAlchemyError:
+        _insert_rows(LookupEvent.__table__, pending)
+    except (SQLAlchemyError, db.engine.dialect.loaded_dbapi.Error):
         logger.exception("Could not record %s lookup events", len(pending))
         return 0
     return len(pending)
 
 
+def _insert_rows(table, rows: list[dict]) -> None:
+    """Insert `rows` (dicts with the same keys) into `table` in one transaction: COPY on PostgreSQL, executemany elsewhere.
+
+    On the 2-core benchmark VM, COPY of 100 lookup events cost about 15 µs of
+    CPU per event (client and server together), and executemany about 40 µs.
+    COPY errors are the driver's own (psycopg.Error), not SQLAlchemy's.
+    """
+    with db.engine.begin() as connection:
+        if connection.dialect.name != "postgresql":
+            connection.execute(insert(table), rows)
+            return
+        columns = list(rows[0])
+        cursor = connection.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
+
+
+# Downloads are buffered the same way, on the same size and time rule, so a
+# cached download costs no transaction of its own. The same NOTE applies.
+# NOTE: the time rule is checked only when an event arrives, and a flush writes
+# only its own process's buffer. Another gunicorn worker's downloads reach the
+# statistics page with its next batch, or when it exits (deploy/gunicorn.conf.py).
+_download_buffer: list[dict] = []
+_download_lock = threading.Lock()
+_last_download_flush = time.monotonic()
+
+
 def record_download(certificate_id: int) -> None:
-    """Count one PDF download. A database error is logged and rolled back, and the download still proceeds."""
+    """Count one PDF download; it is written with the next batch of download events."""
     now = utcnow()
-    _write(DownloadEvent(at=now, day=local_day(now), certificate_id=certificate_id))
+    with _download_lock:
+        _download_buffer.append({"at": now, "day": local_day(now), "certificate_id": certificate_id})
+        due = len(_download_buffer) >= current_app.config["LOOKUP_EVENT_BUFFER"] or (
+            time.monotonic() - _last_download_flush >= current_app.config["LOOKUP_EVENT_FLUSH_SECONDS"]
+        )
+    if due:
+        flush_downloads()
 
 
-def _write(event: LookupEvent | DownloadEvent) -> None:
+def flush_downloads() -> int:
+    """Write the buffered download events in one short transaction of their own; return how many.
+
+    A database error is logged and the batch is dropped, so the request that triggered the flush still succeeds.
+    """
+    global _last_download_flush
+    with _download_lock:
+        pending = list(_download_buffer)
+        _download_buffer.clear()
+        _last_download_flush = time.monotonic()
+    if not pending:
+        return 0
     try:
-        db.session.add(event)
-        db.session.commit()
+        with db.engine.begin() as connection:
+            connection.execute(insert(DownloadEvent.__table__), pending)
     except SQLAlchemyError:
-        db.session.rollback()
-        logger.exception("Could not record %s", type(event).__name__)
+        logger.exception("Could not record %s download events", len(pending))
+        return 0
+    return len(pending)
 
 
 def purge(*, days: int | None = None, now: datetime | None = None) -> tuple[int, int]:

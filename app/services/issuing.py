@@ -25,14 +25,16 @@ import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
+from flask import current_app
 from sqlalchemy import delete, func, insert, select, update
 
 from ..domain.catalogue import Catalogue
 from ..domain.identity import mask_id_number
 from ..domain.roster import RecordData, RosterFileError, RowOutcome, iter_outcomes
+from ..domain.roster_read import DEFAULT_LIMITS, SheetLimits, escape_invisible
 from ..extensions import db
 from ..models import (
     AuditEntry,
@@ -110,17 +112,26 @@ def plan_batch(
     today: date | None = None,
     catalogue: Catalogue | None = None,
     progress: ProgressFn = _no_progress,
+    write_certificates: bool = False,
 ) -> ImportPlan:
     """Judge every row of `path` and store the outcomes as `batch_row`s of `batch`, without committing.
 
     Any earlier preview of the batch is replaced. Raises `RosterFileError`
     when the file itself cannot be read.
+
+    With `write_certificates` (the CLI, which confirms in the same
+    transaction), each new record is inserted into `certificate` at once and
+    its `batch_row` keeps no `record`, so a clean row is neither stored twice
+    nor encrypted twice. `apply_batch` then inserts only rows that still
+    have a record. The web preview leaves it off, because confirming happens
+    in a later request and reads the records from `batch_row`.
     """
     catalogue = catalogue or load_catalogue()
     stream = iter_outcomes(
         path, catalogue, exam=batch.exam, kind=batch.kind, filename=batch.filename, today=today,
-        include_hidden=batch.include_hidden,
+        include_hidden=batch.include_hidden, glyph_cache_dir=glyph_cache_dir(), limits=sheet_limits(),
     )  # fmt: skip
+    ids = _catalogue_ids() if write_certificates else None
     db.session.execute(delete(BatchRow).where(BatchRow.batch_id == batch.id))
     plan = ImportPlan(filename=batch.filename, sha256=batch.sha256, notices=list(stream.notices), batch_id=batch.id)
     hidden = 0
@@ -128,11 +139,16 @@ def plan_batch(
     progress(0, stream.total, "正在检查每一行")
     try:
         for chunk in _chunks(stream, CHUNK):
-            rows = compare_with_register(chunk)
-            for row in rows:
+            rows = compare_with_register(chunk, keep_new_records=not write_certificates)
+            fresh = []
+            for outcome, row in zip(chunk, rows, strict=True):
                 row["batch_id"] = batch.id
                 plan.counts[row["outcome"]] += 1
                 hidden += bool(row["hidden"])
+                if ids is not None and row["outcome"] == IMPORTED:
+                    fresh.append(outcome.record)
+            if ids is not None and fresh:
+                _insert_certificates(fresh, catalogue, batch, ids)
             # Core executemany on the session's connection: the ORM bulk path costs ~3x more per row.
             db.session.connection().execute(insert(BatchRow.__table__), rows)
             done += len(chunk)
@@ -167,27 +183,48 @@ def _chunks(outcomes: Iterable[RowOutcome], size: int) -> Iterator[list[RowOutco
         yield chunk
 
 
-def compare_with_register(outcomes: list[RowOutcome]) -> list[dict]:
-    """Return one `batch_row` dict per outcome, judged against the stored records with the same numbers."""
+def sheet_limits() -> SheetLimits:
+    """Return the roster sheet bounds from the config (ROSTER_MAX_ROWS, ROSTER_MAX_COLUMNS, ROSTER_MAX_CELLS)."""
+    config = current_app.config
+    return SheetLimits(
+        rows=config.get("ROSTER_MAX_ROWS", DEFAULT_LIMITS.rows),
+        columns=config.get("ROSTER_MAX_COLUMNS", DEFAULT_LIMITS.columns),
+        cells=config.get("ROSTER_MAX_CELLS", DEFAULT_LIMITS.cells),
+    )
+
+
+def glyph_cache_dir() -> Path:
+    """Return the folder under the instance where the fonts' glyph coverage is cached."""
+    return Path(current_app.instance_path) / "cache"
+
+
+def compare_with_register(outcomes: list[RowOutcome], *, keep_new_records: bool = True) -> list[dict]:
+    """Return one `batch_row` dict per outcome, judged against the stored records with the same numbers.
+
+    Without `keep_new_records` a row that stays "imported" gets no `record`,
+    because the caller writes its certificate directly.
+    """
     numbers = [o.record.number for o in outcomes if o.outcome == IMPORTED and o.record is not None]
     existing = _existing_by_number(numbers)
     rows = []
     for outcome in outcomes:
         stored = existing.get(outcome.record.number) if outcome.outcome == IMPORTED and outcome.record else None
-        rows.append(_row_dict(outcome, stored))
+        rows.append(_row_dict(outcome, stored, keep_new_records))
     return rows
 
 
-def _row_dict(outcome: RowOutcome, stored: Certificate | None) -> dict:
+def _row_dict(outcome: RowOutcome, stored: Certificate | None, keep_new_record: bool = True) -> dict:
     record = outcome.record
+    keep_record = record is not None and outcome.outcome == IMPORTED and (keep_new_record or stored is not None)
     row = {
         "row": outcome.row,
         "outcome": outcome.outcome,
-        "reason": outcome.reason,
+        # Reasons quote cells, so a bidi override in a cell must not reorder the message.
+        "reason": escape_invisible(outcome.reason) if outcome.reason else outcome.reason,
         "hidden": outcome.hidden,
         "number": record.number if record else None,
         "name": record.name if record else None,
-        "record": record_json(record) if record and outcome.outcome == IMPORTED else None,
+        "record": record_json(record) if keep_record else None,
         "cells": cells_json(outcome.cells) if outcome.outcome == REJECTED else None,
         "changes": None,
         "certificate_id": None,
@@ -403,9 +440,13 @@ def _insert_accepted(batch: ImportBatch, catalogue: Catalogue, progress: Progres
     inserted = 0
     last_id = 0
     while True:
+        # An imported row without a record was written by `plan_batch(write_certificates=True)` already.
         chunk = db.session.execute(
             select(BatchRow.id, BatchRow.row, BatchRow.record, BatchRow.hidden)
-            .where(BatchRow.batch_id == batch.id, BatchRow.outcome == IMPORTED, BatchRow.id > last_id)
+            .where(
+                BatchRow.batch_id == batch.id, BatchRow.outcome == IMPORTED, BatchRow.record.is_not(None),
+                BatchRow.id > last_id,
+            )
             .order_by(BatchRow.id)
             .limit(CHUNK)
         ).all()
@@ -425,9 +466,7 @@ def _insert_accepted(batch: ImportBatch, catalogue: Catalogue, progress: Progres
             values.pop("cells", None)
             db.session.execute(update(BatchRow).where(BatchRow.id == row.id).values(**values))
         if fresh:
-            db.session.connection().execute(
-                insert(Certificate.__table__), [_certificate_row(r, catalogue, batch, ids) for r in fresh]
-            )
+            _insert_certificates(fresh, catalogue, batch, ids)
         inserted += len(fresh)
         progress(inserted, total)
 
@@ -450,10 +489,20 @@ def _catalogue_ids() -> _CatalogueIds:
     )
 
 
-def _certificate_row(record: RecordData, catalogue: Catalogue, batch: ImportBatch, ids: _CatalogueIds) -> dict:
+def _insert_certificates(records: list[RecordData], catalogue: Catalogue, batch: ImportBatch, ids: _CatalogueIds) -> None:
+    # Core executemany through the model's table, so the column types (ID number encryption) and defaults apply.
+    now = utcnow()
+    db.session.connection().execute(
+        insert(Certificate.__table__), [_certificate_row(record, catalogue, batch, ids, now) for record in records]
+    )
+
+
+def _certificate_row(
+    record: RecordData, catalogue: Catalogue, batch: ImportBatch, ids: _CatalogueIds, now: datetime | None = None
+) -> dict:
+    now = now or utcnow()
     exam_id = ids.exams[record.exam]
     layout = catalogue.layout_for(record.exam, record.kind, record.specialty)
-    now = utcnow()
     return {
         "public_id": new_public_id(),
         "number": record.number,
@@ -600,6 +649,7 @@ def report_csv(rows: Iterable) -> str:
 
 def _safe_cell(text: str) -> str:
     # A reason may quote a cell that starts with "=", which a spreadsheet would run as a formula.
+    text = escape_invisible(text) if text else text
     if text and text[0] in "=+-@\t\r":
         return "'" + text
     return text

@@ -1,4 +1,4 @@
-"""Lookup abuse controls: not-found answers counted per address, and the captcha they lead to.
+"""Lookup abuse controls: not-found answers counted per address and per certificate number, and the captcha they lead to.
 
 Counters live in the rate-limit storage (RATELIMIT_STORAGE_URI), so with
 Redis they are shared by every gunicorn worker. The captcha answer is kept in
@@ -15,7 +15,9 @@ import secrets
 import time
 
 from flask import Flask, current_app, request, session
+from limits import RateLimitItem, parse
 from limits.storage import Storage, storage_from_string
+from limits.strategies import STRATEGIES, RateLimiter
 
 from ..domain import captcha
 
@@ -26,7 +28,10 @@ CHALLENGE_SECONDS = 600
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["lookup_guard"] = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
+    storage = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
+    app.extensions["lookup_guard"] = storage
+    strategy = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "fixed-window"]
+    app.extensions["lookup_guard_number_limiter"] = strategy(storage)
 
 
 def _storage() -> Storage:
@@ -47,13 +52,67 @@ def captcha_required() -> bool:
     return _storage().get(_miss_key()) >= current_app.config["LOOKUP_MISSES_BEFORE_CAPTCHA"]
 
 
-def record_miss() -> None:
-    """Count a not-found answer to this address."""
+def record_miss() -> bool:
+    """Count a not-found result for this address; return whether its next lookup requires the captcha."""
     if not enabled():
-        return
+        return False
     count = _storage().incr(_miss_key(), current_app.config["LOOKUP_MISS_WINDOW_SECONDS"])
-    if count == current_app.config["LOOKUP_MISSES_BEFORE_CAPTCHA"]:
+    threshold = current_app.config["LOOKUP_MISSES_BEFORE_CAPTCHA"]
+    if count == threshold:
         logger.warning("Lookup from %s: %s not-found answers, captcha now required", request.remote_addr, count)
+    return count >= threshold
+
+
+# --- not-found results per certificate number ----------------------------------------
+#
+# LOOKUP_NUMBER_RATE_LIMIT counts only not-found results for one number, from any
+# address, so right lookups (an employer checking a certificate) never use it up.
+# Past the limit that number needs the captcha on the form and gets 429 from the
+# API until the window ends. A hard block for everyone would let anyone stop a
+# certificate from being verified. Answering right lookups past the limit while
+# refusing wrong ones would tell a guesser which name is right, at no cost.
+
+
+def _number_limit() -> RateLimitItem:
+    return parse(current_app.config["LOOKUP_NUMBER_RATE_LIMIT"])
+
+
+def _number_limiter() -> RateLimiter:
+    return current_app.extensions["lookup_guard_number_limiter"]
+
+
+def _number_limit_enabled(number: str) -> bool:
+    return bool(number) and bool(current_app.config.get("RATELIMIT_ENABLED", True))
+
+
+def number_blocked(number: str) -> bool:
+    """Tell whether `number` (normalised) has used up its not-found results in the current window."""
+    if not _number_limit_enabled(number):
+        return False
+    return not _number_limiter().test(_number_limit(), "lookup-number-miss", number)
+
+
+def record_number_miss(number: str) -> bool:
+    """Count a not-found result for `number` (normalised); return False when it went past the limit.
+
+    number_blocked is checked before the lookup, so only requests racing each
+    other for the last lookups of a window go past it.
+    """
+    if not _number_limit_enabled(number):
+        return True
+    limit = _number_limit()
+    limiter = _number_limiter()
+    within_limit = limiter.hit(limit, "lookup-number-miss", number)
+    if within_limit and not limiter.test(limit, "lookup-number-miss", number):
+        # Logged once per window, on the miss that used up the limit.
+        logger.warning("Lookup number %s: not-found results reached %s, captcha now required for it", number, limit)
+    return within_limit
+
+
+def number_retry_after(number: str) -> int:
+    """Return the seconds until `number`'s not-found counter resets (at least 1)."""
+    reset_time, _remaining = _number_limiter().get_window_stats(_number_limit(), "lookup-number-miss", number)
+    return max(1, int(reset_time - time.time()) + 1)
 
 
 def _answer_hash(challenge_id: str, answer: str) -> str:

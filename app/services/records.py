@@ -28,7 +28,7 @@ from ..domain.roster import (
     parse_name,
 )
 from ..extensions import db
-from ..id_numbers import id_hash
+from ..id_numbers import id_hash, mask_id_numbers
 from ..models import STATUS_REVOKED, STATUS_VALID, AuditEntry, Certificate, CertificateVersion, Layout, Specialty, utcnow
 from . import audit
 from .catalogue import load_catalogue
@@ -141,7 +141,8 @@ def _require_reason(reason: str | None, action: str) -> str:
         raise RecordError({"reason": [f"请填写{action}原因，例如“考生申请更正姓名，已核对身份证原件”。"]})
     if len(reason) > MAX_REASON_LENGTH:
         raise RecordError({"reason": [f"{action}原因有 {len(reason)} 个字，超过 {MAX_REASON_LENGTH} 字的上限，请精简。"]})
-    return reason
+    # Reasons are stored in clear (certificate, certificate_version, audit), so a whole ID number typed in is masked.
+    return mask_id_numbers(reason)
 
 
 # --- Correction ---------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Staff account management for admins: create, deactivate, activate, reset a password. Each is audited."""
+"""Staff account management for admins: create, deactivate, activate, reset a password or the second factor.
+
+Each change is audited.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +70,21 @@ def reset_password(user: StaffUser, password: str, *, actor: str) -> None:
     if problem:
         raise StaffError({"password": [problem]})
     user.set_password(password)
+    # Sessions opened with the old password end, including copies of their cookie.
+    user.session_version = (user.session_version or 1) + 1
     audit.record(actor, "staff.reset_password", f"staff:{user.username}")
     db.session.commit()
-    logger.info("Password of staff account %s reset by %s", user.username, actor)
+    logger.info("Password of staff account %s reset by %s; its sessions ended", user.username, actor)
+
+
+def reset_second_factor(user: StaffUser, *, actor: str) -> None:
+    """Remove the account's TOTP enrolment and end its sessions; the user enrols a new authenticator at the next login."""
+    had_second_factor = user.totp_secret is not None
+    user.totp_secret = None
+    user.session_version = (user.session_version or 1) + 1
+    audit.record(
+        actor, "staff.reset_totp", f"staff:{user.username}",
+        before={"totp_enrolled": had_second_factor}, after={"totp_enrolled": False},
+    )
+    db.session.commit()
+    logger.info("Second factor of staff account %s reset by %s; its sessions ended", user.username, actor)

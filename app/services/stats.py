@@ -9,7 +9,7 @@ from sqlalchemy import extract, func, select
 
 from ..extensions import db
 from ..models import Certificate, DownloadEvent, Exam, LookupEvent, utcnow
-from .events import CHANNELS, RESULTS, flush_lookups, local_day
+from .events import CHANNELS, RESULTS, flush_downloads, flush_lookups, local_day
 
 DAYS_SHOWN = 30
 
@@ -45,6 +45,7 @@ def issued() -> list[IssuedRow]:
 def days(today: date | None = None, count: int = DAYS_SHOWN) -> list[DayRow]:
     """Return lookups (by result) and downloads for each of the last `count` days, oldest first, zeros included."""
     flush_lookups()
+    flush_downloads()
     today = today or local_day(utcnow())
     first = today - timedelta(days=count - 1)
     lookups: dict[date, dict[str, int]] = {}
