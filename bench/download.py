@@ -9,7 +9,7 @@ synthetic faulty roster, registers and logs in one holder, downloads the
 holder's PDF once to fill the cache, then times GET requests through
 Flask's test client, interleaved: the cached PDF, the same bytes as a static
 file through `send_from_directory` (what Flask's own static route does),
-a conditional GET answered 304, the cached PDF with
+a conditional GET returning 304, the cached PDF with
 PDF_ACCEL_REDIRECT_PREFIX set (the app's part when nginx sends the bytes;
 no nginx runs here), and an empty response behind `login_required` (the
 floor that loading the logged-in holder sets). It prints a Markdown table

@@ -3,7 +3,7 @@
 Replication is simulated by copying the primary SQLite file onto the replica
 with SQLite's backup API, so the test can hold the replica one step behind,
 as a standby that has not yet replayed a revocation would be. It runs on
-SQLite files of its own whatever TEST_DATABASE_URL says.
+SQLite files of its own, whatever TEST_DATABASE_URL is set to.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ _running_lock = threading.Lock()
 
 
 class ExportBusyError(Exception):
-    """EXPORT_MAX_CONCURRENT exports already run in this process. The message names the limit and tells staff to retry later."""
+    """Raised when EXPORT_MAX_CONCURRENT exports already run in this process; the message names the limit and that staff should retry later."""
 
 
 def export_path(file_name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Lookup abuse controls: not-found answers counted per address and per certificate number, and the captcha they lead to.
+"""Lookup abuse controls: not-found results counted per address and per certificate number, and the captcha they trigger.
 
 Counters live in the rate-limit storage (RATELIMIT_STORAGE_URI), so with
 Redis they are shared by every gunicorn worker. The captcha answer is kept in
@@ -69,8 +69,8 @@ def record_miss() -> bool:
 # address, so right lookups (an employer checking a certificate) never use it up.
 # Past the limit that number needs the captcha on the form and gets 429 from the
 # API until the window ends. A hard block for everyone would let anyone stop a
-# certificate from being verified. Answering right lookups past the limit while
-# refusing wrong ones would tell a guesser which name is right, at no cost.
+# certificate from being verified. Serving right lookups past the limit while
+# rejecting wrong ones would reveal to a guesser which name is right, at no cost.
 
 
 def _number_limit() -> RateLimitItem:
