@@ -16,12 +16,12 @@ from pathlib import Path
 
 from markupsafe import Markup, escape
 from reportlab import rl_config
-from reportlab.lib import textsplit
 from reportlab.pdfbase import pdfmetrics, ttfonts
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import tables
 from xhtml2pdf import default as xhtml2pdf_default
-from xhtml2pdf import reportlab_paragraph
+
+from . import line_breaking
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,6 @@ FONT_CHAIN: tuple[FontSpec, ...] = (
 )
 PRIMARY_FONT = FONT_CHAIN[0].name
 
-# Chinese punctuation that must not start a line: the pause and stop marks,
-# closing quotes and brackets, and the connector and separator marks.
-# reportlab 5.1's kinsoku table (textsplit.ALL_CANNOT_START) is Japanese and
-# lacks most of them, the full-width comma among them.
-CHINESE_CANNOT_START = "，；：？！》〉〗〙〛”’｝～·．"
-
 _lock = threading.Lock()
 _coverage: dict[str, frozenset[int]] = {}  # font name -> code points with a real glyph
 
@@ -59,8 +53,8 @@ def font_path(spec: FontSpec, static_dir: Path = DEFAULT_STATIC_DIR) -> Path:
 def register_fonts(static_dir: Path = DEFAULT_STATIC_DIR) -> None:
     """Register the font chain with reportlab and xhtml2pdf, once per process.
 
-    It also makes the primary font reportlab's default font and adds Chinese
-    punctuation to reportlab's rules for characters that cannot start a line.
+    It also makes the primary font reportlab's default font and installs the
+    Chinese line-breaking rules of `line_breaking`.
 
     Parsing the three files took 0.3 s on a 2-core AMD EPYC VM, so later
     calls return at once, and the `static_dir` of the first call is the one used.
@@ -69,7 +63,7 @@ def register_fonts(static_dir: Path = DEFAULT_STATIC_DIR) -> None:
         if _coverage:
             return
         _patch_to_unicode_cmap()
-        _extend_cannot_start()
+        line_breaking.install()
         for spec in FONT_CHAIN:
             _register_one(spec, static_dir)
         # reportlab selects Helvetica, its default font, where nothing is
@@ -187,19 +181,6 @@ def _to_unicode_cmap(fontname: str, subset: list[int]) -> str:
         "end",
         "end",
     ])
-
-
-def _extend_cannot_start() -> None:
-    # reportlab's dumbSplit (one-fragment paragraphs) and xhtml2pdf's
-    # cjkFragSplit (several fragments) read these module globals at call time.
-    # Both hang one such character in the right margin rather than start a
-    # line with it.
-    # NOTE: neither checks the character after the hung one, so a pair such
-    # as "。”" falling exactly at the line end can still start a line with ”.
-    # Neither keeps an opening bracket or quote off the end of a line either.
-    missing = "".join(char for char in CHINESE_CANNOT_START if char not in textsplit.ALL_CANNOT_START)
-    textsplit.ALL_CANNOT_START += missing
-    reportlab_paragraph.ALL_CANNOT_START = textsplit.ALL_CANNOT_START
 
 
 def _patch_to_unicode_cmap() -> None:
