@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from datetime import date, datetime, timezone
 
@@ -25,6 +26,14 @@ def utcnow() -> datetime:
 def new_public_id() -> str:
     """Return an opaque certificate identifier for QR tokens (no personal data)."""
     return secrets.token_urlsafe(12)
+
+
+def new_public_ids(count: int) -> list[str]:
+    """Return `count` identifiers made as `new_public_id` makes one, from a single read of the OS random source."""
+    raw = secrets.token_bytes(12 * count)
+    return [
+        base64.urlsafe_b64encode(raw[start : start + 12]).rstrip(b"=").decode("ascii") for start in range(0, len(raw), 12)
+    ]
 
 
 class Seal(db.Model):

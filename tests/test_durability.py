@@ -1,7 +1,7 @@
 """Durability: an import killed with SIGKILL leaves all of its batch or none, and earlier rows unchanged.
 
-Each iteration runs `flask --app wsgi roster import` on a copy of the
-5,600-row sample as a subprocess against a scratch database (an SQLite file,
+Each iteration runs `flask --app wsgi roster import` on a copy of a
+generated 30,000-row roster as a subprocess against a scratch database (an SQLite file,
 or a PostgreSQL database beside TEST_DATABASE_URL's), kills it after a delay
 drawn from a fixed seed, and checks the register.
 """
@@ -23,14 +23,20 @@ import sqlalchemy as sa
 from tests.conftest import ROSTER_DIR
 from tests.scratch_db import create_scratch_database, drop_scratch_database, subprocess_environment
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from make_roster import write_roster  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EARLIER_ROSTER = "2024年度二级建造师考试合格人员名单.xlsx"
-BIG_ROSTER = "历年二级建造师证书信息2016-2023.xlsx"
-BIG_ROSTER_ROWS = 5600
+# A generated roster (bench/make_roster.py): the 5,600-row sample imports in
+# about 0.3 s, so most kills would land after its commit.
+BIG_ROSTER = "二级建造师_generated.xlsx"
+BIG_ROSTER_ROWS = 30_000
 SEED = 20240601
 ITERATIONS = 4
-# The import subprocess takes about 1.5 s to start and 2 s to import on 2 cores;
-# kills land anywhere from start-up to just after the commit.
+# The import subprocess takes about 1.5 s to start and 1.5 to 2 s to import
+# this roster on 2 cores, so kills land anywhere from start-up to just after the commit.
 KILL_AFTER_SECONDS = (0.5, 4.5)
 CERTIFICATE_COLUMNS = (
     "id, public_id, number, kind, exam_id, specialty_id, layout_id, level, name, gender, id_type, id_number, "
@@ -88,9 +94,11 @@ def test_killed_import_all_or_nothing(scratch, tmp_path):
     chooser = random.Random(SEED)
     outcomes = []
 
+    big_roster = write_roster(tmp_path / BIG_ROSTER, BIG_ROSTER_ROWS)
+
     for iteration in range(ITERATIONS):
         copy = tmp_path / f"copy-{iteration}-{BIG_ROSTER}"
-        shutil.copyfile(ROSTER_DIR / BIG_ROSTER, copy)
+        shutil.copyfile(big_roster, copy)
         before_count, _hash, _largest = _register_state(engine, None)
         delay = chooser.uniform(*KILL_AFTER_SECONDS)
 
@@ -109,7 +117,7 @@ def test_killed_import_all_or_nothing(scratch, tmp_path):
         assert _orphans(engine) == 0, outcomes
 
     # The register stays usable: a normal import after the kills completes or skips every row.
-    result = _flask(env, "roster", "import", str(ROSTER_DIR / BIG_ROSTER), "--exam", "二级建造师", "--kind", "证书")
+    result = _flask(env, "roster", "import", str(big_roster), "--exam", "二级建造师", "--kind", "证书")
     final_count, final_hash, _largest = _register_state(engine, earlier_largest)
     assert "rejected=0" in result.stdout, result.stdout
     assert final_count == earlier_count + BIG_ROSTER_ROWS

@@ -18,7 +18,9 @@ staff tick 包括隐藏行 to import them.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import re
+import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -85,6 +87,8 @@ __all__ = [
     "id_cell_text",
     "guess_from_filename",
     "iter_outcomes",
+    "iter_outcomes_in_worker",
+    "worker_available",
     "normalise_name",
     "parse_approval_date",
     "parse_birth_month",
@@ -256,6 +260,27 @@ def iter_outcomes(
     return OutcomeStream(table, _outcomes(table, context, filename or Path(path).name))
 
 
+def iter_outcomes_in_worker(path: str | Path, catalogue: Catalogue, **options: object) -> WorkerOutcomeStream:
+    """Return `iter_outcomes(path, catalogue, **options)` computed in a forked worker process.
+
+    The worker reads and validates the roster while the caller writes the
+    previous rows to the database, so the two use both cores. Rows come
+    over a pipe WORKER_CHUNK at a time, and the pipe blocks the worker while
+    the caller is behind, so memory stays bounded. RosterFileError raised in
+    the worker is raised here with the same reason.
+
+    Only call this where fork is safe: in a process with a single thread
+    (see `worker_available`), because a lock held by another thread at the
+    fork would stay locked in the child.
+    """
+    return WorkerOutcomeStream(Path(path), catalogue, options)
+
+
+def worker_available() -> bool:
+    """Return whether `iter_outcomes_in_worker` may run here: fork exists and this process has one thread."""
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
 def check_roster(
     path: str | Path,
     catalogue: Catalogue,
@@ -285,6 +310,113 @@ def guess_from_filename(filename: str, catalogue: Catalogue) -> tuple[str | None
     elif "证书" in text:
         kind = KIND_CERTIFICATE
     return exam, kind
+
+
+# --- Worker process -----------------------------------------------------
+
+# Rows per message from the worker process; the importer writes 500 rows per chunk too.
+WORKER_CHUNK = 500
+# Seconds `WorkerOutcomeStream.close` waits for a stopped worker to exit.
+WORKER_EXIT_SECONDS = 5
+
+
+class WorkerOutcomeStream:
+    """An `OutcomeStream` whose rows are read and validated in a forked child process."""
+
+    def __init__(self, path: Path, catalogue: Catalogue, options: dict[str, object]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        # Not a daemon: the worker ends when its rows are sent, when close() stops it, or when a send
+        # fails because this process died and closed the pipe (BrokenPipeError).
+        self._process = context.Process(
+            target=_worker_main, args=(sender, self._receiver, path, catalogue, options), name="roster-worker"
+        )
+        self._process.start()
+        sender.close()  # the worker's end; this process keeps only the receiving end
+        self._pending: list[RowOutcome] = []
+        self._finished = False
+        try:
+            message = self._receive()
+        except BaseException:
+            self.close()
+            raise
+        _kind, self.header, self.notices, self.total = message
+
+    def __iter__(self) -> WorkerOutcomeStream:
+        return self
+
+    def __next__(self) -> RowOutcome:
+        while not self._pending:
+            if self._finished:
+                raise StopIteration
+            message = self._receive()
+            if message[0] == "end":
+                self._finished = True
+            else:
+                self._pending = [_unpack(packed) for packed in reversed(message[1])]
+        return self._pending.pop()
+
+    def _receive(self) -> tuple:
+        try:
+            message = self._receiver.recv()
+        except EOFError:
+            self._process.join(WORKER_EXIT_SECONDS)
+            raise RuntimeError(f"roster worker process exited with code {self._process.exitcode} before sending all rows") from None
+        if message[0] == "error":
+            raise RosterFileError(message[1])
+        if message[0] == "crash":
+            raise RuntimeError(f"roster worker process failed: {message[1]}")
+        return message
+
+    def close(self) -> None:
+        self._finished = True
+        self._receiver.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join(WORKER_EXIT_SECONDS)
+
+
+def _worker_main(sender, receiver, path: Path, catalogue: Catalogue, options: dict) -> None:
+    """Run `iter_outcomes` and send its header, then its rows in chunks, then "end" or the error."""
+    receiver.close()  # inherited through fork; holding it open would hide the importer's death from send()
+    try:
+        stream = iter_outcomes(path, catalogue, **options)
+    except RosterFileError as error:
+        sender.send(("error", error.reason))
+        return
+    except Exception as error:  # noqa: BLE001 - reported to the importer, which raises it
+        sender.send(("crash", f"{type(error).__name__}: {error}"))
+        return
+    try:
+        sender.send(("open", stream.header, stream.notices, stream.total))
+        chunk = []
+        for outcome in stream:
+            chunk.append(_pack(outcome))
+            if len(chunk) == WORKER_CHUNK:
+                sender.send(("rows", chunk))
+                chunk = []
+        sender.send(("rows", chunk))
+        sender.send(("end",))
+    except RosterFileError as error:
+        sender.send(("error", error.reason))
+    except BrokenPipeError:
+        logger.warning("Roster worker for %s stopped: the importing process closed the pipe", path.name)
+    except Exception as error:  # noqa: BLE001 - reported to the importer, which raises it
+        sender.send(("crash", f"{type(error).__name__}: {error}"))
+    finally:
+        stream.close()
+        sender.close()
+
+
+def _pack(outcome: RowOutcome) -> tuple:
+    # Plain tuples pickle about three times faster than the dataclasses.
+    record = None if outcome.record is None else tuple(outcome.record.__dict__.values())
+    return outcome.row, outcome.outcome, outcome.reason, record, outcome.hidden, outcome.cells
+
+
+def _unpack(packed: tuple) -> RowOutcome:
+    row, outcome, reason, record, hidden, cells = packed
+    return RowOutcome(row, outcome, reason, None if record is None else RecordData(*record), hidden, cells)
 
 
 # --- Exam and kind choice -----------------------------------------------
@@ -394,6 +526,10 @@ def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, s
             f"第 {row.row} 行是 Excel 中的{label}，内容检查通过但未导入；如需导入，请勾选“包括隐藏行”后重新预览",
             hidden=row.hidden,
         )  # fmt: skip
+    if record.number not in seen:
+        # The common case, built once instead of through _check_duplicate's outcome.
+        seen[record.number] = (row.row, record.name, record.id_number, hash(record))
+        return RowOutcome(row.row, IMPORTED, "", record, row.hidden, row.cells)
     outcome = _check_duplicate(row.row, record, seen)
     if outcome.outcome == REJECTED:
         return RowOutcome(outcome.row, REJECTED, outcome.reason, hidden=row.hidden, cells=row.cells)
@@ -526,6 +662,8 @@ class _FastPath:
         self._exams: dict[str, Exam | None] = {}
         self._kinds: dict[str, str | None] = {}
         self._specialties: dict[tuple[str, str], str | None] = {}
+        # Valid birth date digits -> birth month: at most one entry per day since EARLIEST_BIRTH (about 46,000).
+        self._births: dict[str, date] = {}
 
     def record(self, cells: tuple[Cell, ...]) -> RecordData | None:
         if len(cells) < self.width:
@@ -592,11 +730,23 @@ class _FastPath:
         """Return the birth month of a valid 居民身份证 number, or None for any other number."""
         if number[:6] in RESIDENCE_PERMIT_AREA_CODES or number[:2] not in RESIDENT_PROVINCE_CODES:
             return None
+        digits = number[6:14]
+        birth_month = self._births.get(digits)
+        if birth_month is None:
+            birth_month = self._birth_month(digits)
+            if birth_month is not None:
+                self._births[digits] = birth_month
+        if birth_month is None or check_character(number[:17]) != number[17]:
+            return None
+        return birth_month
+
+    def _birth_month(self, digits: str) -> date | None:
+        """Return the first of the month of a YYYYMMDD birth date, or None when it is no date or out of range."""
         try:
-            born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+            born = date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
         except ValueError:
             return None
-        if not EARLIEST_BIRTH <= born <= self.context.today or check_character(number[:17]) != number[17]:
+        if not EARLIEST_BIRTH <= born <= self.context.today:
             return None
         return born.replace(day=1)
 

@@ -425,9 +425,11 @@ def _sheet_rows(sheet: Any, display_name: str) -> Generator[SheetRow, None, None
         logger.warning("Cannot read a sheet of %s: %s", display_name, type(error).__name__)
         raise _damaged(display_name) from error
     number = 0
+    convert = _calamine_value
     try:
         for number, cells in enumerate(rows, start=1):
-            yield SheetRow(number, padding + tuple(_calamine_value(value) for value in cells))
+            values = tuple(map(convert, cells))
+            yield SheetRow(number, padding + values if padding else values)
     except _XLSX_ERRORS as error:
         logger.warning("Workbook %s broke after row %s: %s", display_name, number, type(error).__name__)
         raise _damaged(display_name) from error
@@ -436,9 +438,10 @@ def _sheet_rows(sheet: Any, display_name: str) -> Generator[SheetRow, None, None
 def _calamine_value(value: Cell) -> Cell:
     # calamine returns '' for an empty cell and a float for every number. Whole
     # numbers Excel stores exactly (up to 15 digits) become int, as openpyxl returned them.
-    if value == "":
-        return None
-    if type(value) is float and value.is_integer() and abs(value) < _EXACT_WHOLE:
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if kind is float and value.is_integer() and abs(value) < _EXACT_WHOLE:
         return int(value)
     return value
 

@@ -1,10 +1,12 @@
 """Issue certificates from a roster: plan every row into `batch_row`, then apply all or none.
 
 Planning streams: outcomes come from `roster.iter_outcomes` one row at a
-time, are compared with the register 500 at a time and written to
-`batch_row`, so memory stays flat on a 100,000-row file. Applying reads the
-accepted rows back in chunks and inserts them with Core `INSERT`s inside
-one transaction, so a batch is written completely or not at all.
+time (or from a worker process, see `_use_worker`), are
+compared with the register 500 at a time and written to `batch_row`, so
+memory stays flat on a 100,000-row file. Applying reads the accepted rows
+back in chunks and inserts them inside one transaction, so a batch is
+written completely or not at all. Both write with `BulkInsert`, one DB-API
+executemany per chunk.
 
 Rule for a row whose certificate number is already in the register:
 
@@ -24,18 +26,28 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..domain.catalogue import Catalogue
 from ..domain.identity import mask_id_number
-from ..domain.roster import RecordData, RosterFileError, RowOutcome, iter_outcomes
+from ..domain.roster import (
+    RecordData,
+    RosterFileError,
+    RowOutcome,
+    iter_outcomes,
+    iter_outcomes_in_worker,
+    worker_available,
+)
 from ..domain.roster_read import DEFAULT_LIMITS, SheetLimits, escape_invisible
 from ..extensions import db
+from ..id_numbers import id_hashes, seal_id_numbers
 from ..models import (
     AuditEntry,
     BatchRow,
@@ -44,8 +56,10 @@ from ..models import (
     Exam,
     ImportBatch,
     Layout,
+    STATUS_VALID,
     Specialty,
     new_public_id,
+    new_public_ids,
     utcnow,
 )
 from .catalogue import load_catalogue
@@ -60,6 +74,10 @@ OUTCOMES = (IMPORTED, REJECTED, SKIPPED, CHANGED)
 
 # Rows per query when comparing numbers with the register, and per INSERT batch.
 CHUNK = 500
+# Smallest roster file read in a worker process (config IMPORT_WORKER_MIN_BYTES); None is off, see `_use_worker`.
+DEFAULT_WORKER_MIN_BYTES = None
+# SQLite page cache of an import's connection (config IMPORT_SQLITE_CACHE_KIB), see `_import_page_cache`.
+DEFAULT_SQLITE_CACHE_KIB = 16 * 1024
 
 # Fields compared for a changed row, with the labels staff know them by.
 CHANGE_LABELS = {
@@ -72,6 +90,21 @@ CHANGE_LABELS = {
     "level": "级别",
     "approval_date": "批准日期",
 }
+
+# Columns `_CertificateWriter` writes, in the order of its row tuples.
+CERTIFICATE_COLUMNS = (
+    "public_id", "number", "kind", "exam_id", "specialty_id", "layout_id", "level", "name", "gender", "id_type",
+    "id_number", "id_number_hash", "birth_month", "approval_date", "status", "version", "batch_id", "created_at",
+    "updated_at",
+)  # fmt: skip
+
+# Columns of a `batch_row` as `_batch_rows` returns it, in insert order.
+BATCH_ROW_COLUMNS = (
+    "batch_id", "row", "outcome", "reason", "hidden", "number", "name", "record", "cells", "changes",
+    "certificate_id", "applied",
+)  # fmt: skip
+_OUTCOME_AT = BATCH_ROW_COLUMNS.index("outcome")
+_HIDDEN_AT = BATCH_ROW_COLUMNS.index("hidden")
 
 # Progress callback: (rows done, rows in total or None, message or None).
 ProgressFn = Callable[..., None]
@@ -127,32 +160,33 @@ def plan_batch(
     in a later request and reads the records from `batch_row`.
     """
     catalogue = catalogue or load_catalogue()
-    stream = iter_outcomes(
-        path, catalogue, exam=batch.exam, kind=batch.kind, filename=batch.filename, today=today,
+    options = dict(
+        exam=batch.exam, kind=batch.kind, filename=batch.filename, today=today or date.today(),
         include_hidden=batch.include_hidden, glyph_cache_dir=glyph_cache_dir(), limits=sheet_limits(),
     )  # fmt: skip
-    ids = _catalogue_ids() if write_certificates else None
+    if _use_worker(path):
+        stream = iter_outcomes_in_worker(path, catalogue, **options)
+    else:
+        stream = iter_outcomes(path, catalogue, **options)
     db.session.execute(delete(BatchRow).where(BatchRow.batch_id == batch.id))
+    certificates = _CertificateWriter(catalogue, batch) if write_certificates else None
+    row_writer = BulkInsert(BatchRow.__table__, BATCH_ROW_COLUMNS)
     plan = ImportPlan(filename=batch.filename, sha256=batch.sha256, notices=list(stream.notices), batch_id=batch.id)
     hidden = 0
     done = 0
     progress(0, stream.total, "正在检查每一行")
     try:
-        for chunk in _chunks(stream, CHUNK):
-            rows = compare_with_register(chunk, keep_new_records=not write_certificates)
-            fresh = []
-            for outcome, row in zip(chunk, rows, strict=True):
-                row["batch_id"] = batch.id
-                plan.counts[row["outcome"]] += 1
-                hidden += bool(row["hidden"])
-                if ids is not None and row["outcome"] == IMPORTED:
-                    fresh.append(outcome.record)
-            if ids is not None and fresh:
-                _insert_certificates(fresh, catalogue, batch, ids)
-            # Core executemany on the session's connection: the ORM bulk path costs ~3x more per row.
-            db.session.connection().execute(insert(BatchRow.__table__), rows)
-            done += len(chunk)
-            progress(done, stream.total)
+        with _import_page_cache():
+            for chunk in _chunks(stream, CHUNK):
+                rows, fresh = _batch_rows(chunk, batch.id, row_writer, write_certificates)
+                for row in rows:
+                    plan.counts[row[_OUTCOME_AT]] += 1
+                    hidden += bool(row[_HIDDEN_AT])
+                if certificates is not None and fresh:
+                    certificates.insert(fresh)
+                row_writer.execute(rows)
+                done += len(chunk)
+                progress(done, stream.total)
     finally:
         stream.close()
     if done == 0:
@@ -172,6 +206,32 @@ def plan_batch(
     return plan
 
 
+@contextmanager
+def _import_page_cache() -> Iterator[None]:
+    """Raise SQLite's page cache of the session's connection to IMPORT_SQLITE_CACHE_KIB while inside, then restore it.
+
+    The certificate indexes on random keys (public id, lookup hash, name)
+    outgrow SQLite's default 2 MB cache after a few thousand rows, so the
+    inserts spill and re-read index pages. With a 16 MB cache, raw
+    executemany of 100,000 certificates took 0.62 s instead of 0.94 s of CPU
+    on the 2-core AMD EPYC benchmark VM. Other databases are left alone.
+    """
+    connection = db.session.connection()
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    previous = int(connection.exec_driver_sql("PRAGMA cache_size").scalar() or 0)
+    kib = int(current_app.config.get("IMPORT_SQLITE_CACHE_KIB", DEFAULT_SQLITE_CACHE_KIB))
+    connection.exec_driver_sql(f"PRAGMA cache_size=-{kib}")
+    try:
+        yield
+    finally:
+        try:
+            connection.exec_driver_sql(f"PRAGMA cache_size={previous}")
+        except SQLAlchemyError as error:  # an error of the import itself may be on its way; it matters more
+            logger.warning("SQLite page cache of the import's connection not restored: %s", error.__class__.__name__)
+
+
 def _chunks(outcomes: Iterable[RowOutcome], size: int) -> Iterator[list[RowOutcome]]:
     chunk: list[RowOutcome] = []
     for outcome in outcomes:
@@ -181,6 +241,22 @@ def _chunks(outcomes: Iterable[RowOutcome], size: int) -> Iterator[list[RowOutco
             chunk = []
     if chunk:
         yield chunk
+
+
+def _use_worker(path: Path) -> bool:
+    """Return whether to read and validate `path` in a worker process while this one writes.
+
+    Only files of at least IMPORT_WORKER_MIN_BYTES (config) use the worker.
+    The default, None, turns it off: on the shared 2-core benchmark VM,
+    with other jobs running, the worker cost about 0.7 s more CPU on
+    100,000 rows (pickling, rebuilding the outcomes, copy-on-write faults)
+    and finished later by wall-clock (docs/benchmarks.md). A server with a
+    spare core may set it, e.g. to 262144. A process with other threads (a
+    web server running the import as a background job) always reads
+    in-process, see `worker_available`.
+    """
+    minimum = current_app.config.get("IMPORT_WORKER_MIN_BYTES", DEFAULT_WORKER_MIN_BYTES)
+    return minimum is not None and path.stat().st_size >= minimum and worker_available()
 
 
 def sheet_limits() -> SheetLimits:
@@ -198,19 +274,35 @@ def glyph_cache_dir() -> Path:
     return Path(current_app.instance_path) / "cache"
 
 
-def compare_with_register(outcomes: list[RowOutcome], *, keep_new_records: bool = True) -> list[dict]:
-    """Return one `batch_row` dict per outcome, judged against the stored records with the same numbers.
+def _batch_rows(
+    outcomes: list[RowOutcome], batch_id: int, writer: BulkInsert, write_certificates: bool
+) -> tuple[list[tuple], list[RecordData]]:
+    """Return the `batch_row` values of a chunk, judged against the stored records with the same numbers.
 
-    Without `keep_new_records` a row that stays "imported" gets no `record`,
-    because the caller writes its certificate directly.
+    With `write_certificates` the records of rows that stay "imported" are
+    returned for the caller to insert as certificates, and their rows keep
+    no `record`.
     """
     numbers = [o.record.number for o in outcomes if o.outcome == IMPORTED and o.record is not None]
     existing = _existing_by_number(numbers)
-    rows = []
+    not_applied = writer.converter("applied")(False)
+    rows: list[tuple] = []
+    fresh: list[RecordData] = []
     for outcome in outcomes:
-        stored = existing.get(outcome.record.number) if outcome.outcome == IMPORTED and outcome.record else None
-        rows.append(_row_dict(outcome, stored, keep_new_records))
-    return rows
+        record = outcome.record
+        stored = existing.get(record.number) if record is not None and outcome.outcome == IMPORTED else None
+        if write_certificates and record is not None and stored is None and outcome.outcome == IMPORTED:
+            # The common row: built as a tuple directly, its empty reason needing no encryption.
+            fresh.append(record)
+            rows.append((
+                batch_id, outcome.row, IMPORTED, "", outcome.hidden, record.number, record.name, None, None, None,
+                None, not_applied,
+            ))  # fmt: skip
+            continue
+        row = _row_dict(outcome, stored, keep_new_record=not write_certificates)
+        row["batch_id"] = batch_id
+        rows.append(writer.values(row))
+    return rows, fresh
 
 
 def _row_dict(outcome: RowOutcome, stored: Certificate | None, keep_new_record: bool = True) -> dict:
@@ -237,9 +329,18 @@ def _row_dict(outcome: RowOutcome, stored: Certificate | None, keep_new_record: 
 
 def _existing_by_number(numbers: list[str]) -> dict[str, Certificate]:
     found: dict[str, Certificate] = {}
+    connection = db.session.connection()
+    marker = BulkInsert.MARKERS[connection.dialect.paramstyle]
     for start in range(0, len(numbers), CHUNK):
         chunk = numbers[start : start + CHUNK]
-        for certificate in db.session.scalars(select(Certificate).where(Certificate.number.in_(chunk))):
+        # Numbers only first, in driver SQL: most chunks of a new roster match nothing, and this skips
+        # SQLAlchemy's expansion of 500 IN parameters, which cost about 1 ms per chunk.
+        stored = connection.exec_driver_sql(
+            f"SELECT number FROM certificate WHERE number IN ({', '.join([marker] * len(chunk))})", tuple(chunk)
+        ).scalars().all()
+        if not stored:
+            continue
+        for certificate in db.session.scalars(select(Certificate).where(Certificate.number.in_(stored))):
             found[certificate.number] = certificate
     return found
 
@@ -436,7 +537,7 @@ def _claim(batch: ImportBatch) -> None:
 
 
 def _insert_accepted(batch: ImportBatch, catalogue: Catalogue, progress: ProgressFn, total: int) -> int:
-    ids = _catalogue_ids()
+    certificates = _CertificateWriter(catalogue, batch)
     inserted = 0
     last_id = 0
     while True:
@@ -466,7 +567,7 @@ def _insert_accepted(batch: ImportBatch, catalogue: Catalogue, progress: Progres
             values.pop("cells", None)
             db.session.execute(update(BatchRow).where(BatchRow.id == row.id).values(**values))
         if fresh:
-            _insert_certificates(fresh, catalogue, batch, ids)
+            certificates.insert(fresh)
         inserted += len(fresh)
         progress(inserted, total)
 
@@ -489,27 +590,67 @@ def _catalogue_ids() -> _CatalogueIds:
     )
 
 
-def _insert_certificates(records: list[RecordData], catalogue: Catalogue, batch: ImportBatch, ids: _CatalogueIds) -> None:
-    # Core executemany through the model's table, so the column types (ID number encryption) and defaults apply.
-    now = utcnow()
-    db.session.connection().execute(
-        insert(Certificate.__table__), [_certificate_row(record, catalogue, batch, ids, now) for record in records]
-    )
+class _CertificateWriter:
+    """Inserts new certificates with one executemany per chunk, in the session's transaction.
+
+    The ID numbers are encrypted and hashed in bulk by `seal_id_numbers` and
+    `id_hashes`, the functions behind the `EncryptedIdNumber` column type and
+    the `id_number_hash` default, so the ORM reads these rows like any other.
+    """
+
+    def __init__(self, catalogue: Catalogue, batch: ImportBatch) -> None:
+        self.catalogue = catalogue
+        self.batch_id = batch.id
+        self.ids = _catalogue_ids()
+        self.writer = BulkInsert(Certificate.__table__, CERTIFICATE_COLUMNS, prepared=("id_number", "id_number_hash"))
+        # A roster repeats a few hundred dates, so each is converted once per import.
+        self.birth_month = self.writer.cached_converter("birth_month")
+        self.approval_date = self.writer.cached_converter("approval_date")
+        # (exam, kind, specialty) -> (exam id, specialty id, layout id)
+        self._keys: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+
+    def insert(self, records: list[RecordData]) -> None:
+        id_numbers = [record.id_number for record in records]
+        sealed = seal_id_numbers(id_numbers)
+        hashes = id_hashes(id_numbers)
+        public_ids = new_public_ids(len(records))
+        now = self.writer.converter("created_at")(utcnow())
+        rows = []
+        for record, public_id, ciphertext, digest in zip(records, public_ids, sealed, hashes, strict=True):
+            key = (record.exam, record.kind, record.specialty)
+            keys = self._keys.get(key)
+            if keys is None:
+                keys = self._keys[key] = _catalogue_keys(record, self.catalogue, self.ids)
+            exam_id, specialty_id, layout_id = keys
+            rows.append((
+                public_id, record.number, record.kind, exam_id, specialty_id, layout_id, record.level or None,
+                record.name, record.gender, record.id_type, ciphertext, digest, self.birth_month(record.birth_month),
+                self.approval_date(record.approval_date), STATUS_VALID, 1, self.batch_id, now, now,
+            ))  # fmt: skip
+        self.writer.execute(rows)
+
+
+
+def _catalogue_keys(record: RecordData, catalogue: Catalogue, ids: _CatalogueIds) -> tuple[int, int, int]:
+    """Return the exam, specialty and layout ids of a record."""
+    exam_id = ids.exams[record.exam]
+    layout = catalogue.layout_for(record.exam, record.kind, record.specialty)
+    return exam_id, ids.specialties[(exam_id, record.specialty)], ids.layouts[layout.code]
 
 
 def _certificate_row(
     record: RecordData, catalogue: Catalogue, batch: ImportBatch, ids: _CatalogueIds, now: datetime | None = None
 ) -> dict:
+    """Return one certificate as a dict of column values, for Core inserts that go through the column types."""
     now = now or utcnow()
-    exam_id = ids.exams[record.exam]
-    layout = catalogue.layout_for(record.exam, record.kind, record.specialty)
+    exam_id, specialty_id, layout_id = _catalogue_keys(record, catalogue, ids)
     return {
         "public_id": new_public_id(),
         "number": record.number,
         "kind": record.kind,
         "exam_id": exam_id,
-        "specialty_id": ids.specialties[(exam_id, record.specialty)],
-        "layout_id": ids.layouts[layout.code],
+        "specialty_id": specialty_id,
+        "layout_id": layout_id,
         "level": record.level or None,
         "name": record.name,
         "gender": record.gender,
@@ -517,12 +658,79 @@ def _certificate_row(
         "id_number": record.id_number,
         "birth_month": record.birth_month,
         "approval_date": record.approval_date,
-        "status": "valid",
+        "status": STATUS_VALID,
         "version": 1,
         "batch_id": batch.id,
         "created_at": now,
         "updated_at": now,
     }
+
+
+class BulkInsert:
+    """An INSERT of fixed columns of `table`, run as one DB-API executemany on the session's connection.
+
+    SQLAlchemy's Core executemany processes every parameter of every row in
+    Python, which cost more than SQLite's own work on a 100,000-row import.
+    Here each column type's bind processor for the dialect (encryption,
+    dates as text on SQLite, booleans) is applied only where a column has
+    one, and not at all to the `prepared` columns, whose values the caller
+    has converted already. Column defaults do not apply: every NOT NULL
+    column without a server default must be given. Errors come wrapped as
+    SQLAlchemy exceptions (IntegrityError for a unique violation), as from
+    any other statement.
+    """
+
+    # Positional parameter markers of the DB-API paramstyles of the drivers in use (sqlite3, psycopg).
+    MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+    def __init__(self, table, columns: tuple[str, ...], prepared: tuple[str, ...] = ()) -> None:
+        self.connection = db.session.connection()
+        dialect = self.connection.dialect
+        marker = self.MARKERS[dialect.paramstyle]  # KeyError: a driver with another paramstyle needs a marker here
+        quote = dialect.identifier_preparer.quote
+        self.columns = columns
+        self.statement = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
+            f"VALUES ({', '.join([marker] * len(columns))})"
+        )
+        self._processors = {
+            name: processor
+            for name in columns
+            if name not in prepared
+            and (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def converter(self, name: str) -> Callable[[object], object]:
+        """Return the function that turns a Python value of column `name` into the driver's value."""
+        processor = self._processors.get(name)
+        return (lambda value: value) if processor is None else processor
+
+    def cached_converter(self, name: str) -> Callable[[object], object]:
+        """Return `converter(name)` remembering its results, for columns with few distinct values such as dates."""
+        convert = self.converter(name)
+        cache: dict = {}
+
+        def cached(value: object) -> object:
+            result = cache.get(value, cache)
+            if result is cache:
+                result = cache[value] = convert(value)
+            return result
+
+        return cached
+
+    def execute(self, rows: list[tuple]) -> None:
+        """Insert `rows`, tuples in `columns` order whose values are already converted."""
+        if rows:
+            self.connection.exec_driver_sql(self.statement, rows)
+
+    def values(self, row: dict) -> tuple:
+        """Return a dict of Python values by column name as an `execute` tuple; None stays NULL unprocessed."""
+        values = []
+        for name in self.columns:
+            value = row[name]
+            convert = self._processors.get(name)
+            values.append(value if convert is None or value is None else convert(value))
+        return tuple(values)
 
 
 def _apply_changes(batch: ImportBatch, chosen: set[int], apply_all: bool, reject_rest: bool) -> int:
