@@ -19,6 +19,18 @@ class ConfigurationError(RuntimeError):
     """Raised when required settings are missing. The message names them and the fix."""
 
 
+def _lookup_bind(url: str) -> str | dict:
+    """Return the "lookup" bind for `url`: on PostgreSQL an engine of its own whose connections stay in autocommit.
+
+    Anonymous lookups run one SELECT each (lookup._fetch_postgresql). In
+    autocommit mode that is one round trip, and with no reset on return the
+    pool sends no ROLLBACK either. The ORM's engine keeps its transactions.
+    """
+    if not url.startswith("postgresql"):
+        return url
+    return {"url": url, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None, "pool_use_lifo": True}
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the application: defaults, then instance config.py, then CERT_* variables, then `config`."""
     app = Flask(
@@ -63,10 +75,11 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
         # A copy: the default dict lives in app.config and is shared by every app in this process.
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
-    if app.config.get("LOOKUP_DATABASE_URL"):
+    lookup_url = app.config.get("LOOKUP_DATABASE_URL")
+    if lookup_url or str(app.config["SQLALCHEMY_DATABASE_URI"]).startswith("postgresql"):
         # Flask-SQLAlchemy creates one engine per bind; lookup.lookup_engine picks this one.
         binds = dict(app.config.get("SQLALCHEMY_BINDS") or {})
-        binds["lookup"] = app.config["LOOKUP_DATABASE_URL"]
+        binds["lookup"] = _lookup_bind(str(lookup_url or app.config["SQLALCHEMY_DATABASE_URI"]))
         app.config["SQLALCHEMY_BINDS"] = binds
     if app.config.get("TESTING"):
         # Fixed keys, so test and benchmark databases stay readable across runs.
@@ -130,7 +143,9 @@ def configure_extensions(app: Flask) -> None:
     db_settings.configure(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
-    babel.init_app(app)
+    from .web import default_locale_selector
+
+    babel.init_app(app, locale_selector=default_locale_selector(app))
     limiter.init_app(app)
 
     from .services import lookup_guard

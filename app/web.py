@@ -5,7 +5,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import flask_babel
+from babel import Locale
 from flask import Flask, Response, g, has_app_context, request
+from jinja2 import pass_context, pass_eval_context
+from markupsafe import Markup
 
 from .domain.identity import mask_id_number
 
@@ -60,18 +63,30 @@ def configure_templates(app: Flask) -> None:
     app.jinja_env.filters["cn_date"] = cn_date
     app.jinja_env.filters["cn_month"] = cn_month
     app.jinja_env.globals["is_htmx"] = is_htmx
+    app.jinja_env.globals["cached_fragment"] = cached_fragment
+    app.jinja_env.extend(fragment_cache={})
     # Replaces the callables Flask-Babel installed, so this must run after babel.init_app.
-    app.jinja_env.install_gettext_callables(
-        gettext=lambda string: request_translations().ugettext(string),
-        ngettext=lambda singular, plural, n: request_translations().ungettext(singular, plural, n),
-        newstyle=True,
-    )
+    # Set directly rather than through install_gettext_callables: its newstyle
+    # wrappers, and the `_` alias of jinja2.ext.i18n, send every `_()` through
+    # three Context.call dispatches and a Markup format even without variables.
+    app.jinja_env.newstyle_gettext = True
+    app.jinja_env.globals.update(_=template_gettext, gettext=template_gettext, ngettext=template_ngettext)
 
     @app.after_request
     def vary_on_htmx(response: Response) -> Response:
         # Pages and their fragments share URLs, so caches must key on the header.
         response.vary.add("HX-Request")
         return response
+
+
+def default_locale_selector(app: Flask):
+    """Return a Flask-Babel locale selector that returns BABEL_DEFAULT_LOCALE, parsed once.
+
+    The site has one language. Without a selector, Flask-Babel parses the
+    default locale string again in every request that translates text.
+    """
+    locale = Locale.parse(app.config["BABEL_DEFAULT_LOCALE"])
+    return lambda: locale
 
 
 def request_translations():
@@ -90,6 +105,53 @@ def request_translations():
     if translations is None:
         translations = g._template_translations = flask_babel.get_translations()
     return translations
+
+
+MAX_CACHED_FRAGMENTS = 256
+
+
+@pass_context
+def cached_fragment(context, name: str, caller) -> Markup:
+    """Render the body of `{% call cached_fragment("name") %}...{% endcall %}` once per process, then reuse it.
+
+    For layout markup that is the same for every request in one language:
+    translated text and URLs of endpoints without arguments, nothing from the
+    request, the user or the session. The key contains the translations in use
+    and the script root, the two things such markup can vary by. Each `_()`
+    or `url_for` costs 3 to 5 µs of CPU time (measured in-process on the
+    2-core benchmark VM), and the layout around the /verify form has about 20.
+    """
+    fragments = context.environment.fragment_cache
+    key = (name, request_translations(), request.script_root)
+    html = fragments.get(key)
+    if html is None:
+        html = caller()
+        if len(fragments) < MAX_CACHED_FRAGMENTS:
+            fragments[key] = html
+    return html
+
+
+@pass_eval_context
+def template_gettext(eval_context, string: str, /, **variables) -> str:
+    """Jinja's newstyle `_()`: translate, escape the variables in autoescaped templates, then format.
+
+    As in Jinja's own newstyle gettext, the string is a format string even
+    without variables, so "100%%" shows as "100%".
+    """
+    text = request_translations().ugettext(string)
+    if eval_context.autoescape:
+        text = Markup(text)
+    return text % variables if variables or "%" in text else text
+
+
+@pass_eval_context
+def template_ngettext(eval_context, singular: str, plural: str, number: int, /, **variables) -> str:
+    """Jinja's newstyle `ngettext()`, with `num` set to the number as Jinja does."""
+    variables.setdefault("num", number)
+    text = request_translations().ungettext(singular, plural, number)
+    if eval_context.autoescape:
+        text = Markup(text)
+    return text % variables
 
 
 def cn_date(value) -> str:

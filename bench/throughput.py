@@ -1,7 +1,7 @@
 """Lookup throughput against a bare Flask endpoint on the same gunicorn, measured with wrk.
 
     .venv/bin/python -m bench.throughput [--db postgresql|sqlite] [--rows 1000000] [--seconds 10] [--rounds 3]
-        [--connections 32] [--limits-redis] [--async-commit]
+        [--connections 32] [--limits-redis] [--redis-db 15] [--async-commit] [--database certbench_http]
 
 Each round runs wrk against the bare endpoint, the JSON API, the htmx result
 fragment of /verify and the full /verify page, one after the other, so all
@@ -40,7 +40,7 @@ from bench.setup_db import prepare
 PORT = 18090
 DATABASE = "certbench_http"
 BARE = "bare endpoint `/bench/bare`"
-# Redis database for --limits-redis, emptied before the run.
+# Redis database for --limits-redis (emptied before the run), unless --redis-db names another.
 LIMITS_REDIS_DB = 15
 
 
@@ -54,8 +54,14 @@ def main() -> None:
     parser.add_argument(
         "--limits-redis",
         action="store_true",
-        help="diagnostic: rate limits and the miss counter on, stored in Redis (127.0.0.1:6379, database 15), "
+        help="diagnostic: rate limits and the miss counter on, stored in Redis (127.0.0.1:6379, database --redis-db), "
         "with limits high enough that no request is refused",
+    )
+    parser.add_argument(
+        "--redis-db", type=int, default=LIMITS_REDIS_DB, help="Redis database number for --limits-redis; it is emptied first"
+    )
+    parser.add_argument(
+        "--database", default=DATABASE, help="name of the PostgreSQL database (or of /tmp/NAME.db) holding the register"
     )
     parser.add_argument(
         "--async-commit",
@@ -65,17 +71,17 @@ def main() -> None:
     args = parser.parse_args()
 
     instance = scratch_instance()
-    url = prepare(args.db, args.rows, instance, name=DATABASE)
+    url = prepare(args.db, args.rows, instance, name=args.database)
     settings = {}
     if args.async_commit:
         settings["CERT_SQLALCHEMY_ENGINE_OPTIONS"] = '{"connect_args": {"options": "-c synchronous_commit=off"}}'
     if args.limits_redis:
         import redis
 
-        redis.Redis(host="127.0.0.1", port=6379, db=LIMITS_REDIS_DB).flushdb()
+        redis.Redis(host="127.0.0.1", port=6379, db=args.redis_db).flushdb()
         settings |= {
             "CERT_RATELIMIT_ENABLED": "true",
-            "CERT_RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:6379/{LIMITS_REDIS_DB}",
+            "CERT_RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:6379/{args.redis_db}",
             "CERT_LOOKUP_RATE_LIMIT": "10000000 per minute",
             "CERT_LOOKUP_NUMBER_RATE_LIMIT": "10000000 per minute",
         }
@@ -103,13 +109,13 @@ def main() -> None:
 
         for _ in range(args.rounds):
             for label, (path, _headers) in endpoints.items():
-                server_before, database_before = server_cpu_seconds(base), database_cpu_seconds(DATABASE)
+                server_before, database_before = server_cpu_seconds(base), database_cpu_seconds(args.database)
                 rate = wrk(base + path, seconds=args.seconds, connections=args.connections, script=scripts.get(label))
                 requests = rate * args.seconds
                 cpu[label].append(
                     (
                         (server_cpu_seconds(base) - server_before) / requests * 1000,
-                        database_cpu_delta(database_before, database_cpu_seconds(DATABASE)) / requests * 1000,
+                        database_cpu_delta(database_before, database_cpu_seconds(args.database)) / requests * 1000,
                     )
                 )
                 rates[label].append(rate)

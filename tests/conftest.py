@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pyotp
@@ -91,7 +92,7 @@ def app(tmp_path_factory):
         ensure_demo_keys()  # signs every PDF the tests render
     yield app
     with app.app_context():
-        db.engine.dispose()
+        dispose_engines()
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +149,23 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+def redis_available() -> bool:
+    """Return whether a Redis server accepts connections on 127.0.0.1:6379, where the Redis tests expect it."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine of the current app: on PostgreSQL lookups have their own."""
+    from app.extensions import db
+
+    for engine in db.engines.values():
+        engine.dispose()
 
 
 def csrf_token(html: str) -> str:

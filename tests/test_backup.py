@@ -17,6 +17,7 @@ import pytest
 
 from app.extensions import db
 from app.services import backup, lookup
+from tests.conftest import dispose_engines
 from tests.scratch_db import create_scratch_database, drop_scratch_database, scratch_app
 
 ROSTER = "2024年度二级建造师考试合格人员名单.xlsx"
@@ -30,7 +31,7 @@ def restore_target(app, tmp_path):
     yield target
     with target.app_context():
         db.session.remove()
-        db.engine.dispose()
+        dispose_engines()
     drop_scratch_database(url)
 
 
@@ -170,7 +171,7 @@ def test_backup_while_writing(app, import_roster, runner, tmp_path):
         with target.app_context():
             count = backup.table_digests()["certificate"].rows
             db.session.remove()
-            db.engine.dispose()
+            dispose_engines()
     finally:
         drop_scratch_database(url)
     assert count in {0, 5600}

@@ -9,6 +9,7 @@ import pytest
 import zxingcpp
 from pypdf import PdfReader
 from sqlalchemy import select
+from sqlalchemy import text as sa_text
 
 from app.domain.tokens import make_token
 from app.extensions import db
@@ -331,3 +332,125 @@ def test_lookup_leaves_pool_transactional(app, client, loaded):
         stored = db.session.scalar(select(Certificate.name).where(Certificate.number == NUMBER))
 
     assert stored == NAME
+
+
+# --- the autocommit lookup engine (PostgreSQL) ----------------------------------------
+
+
+@pytest.fixture
+def postgresql_app(app):
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("the autocommit lookup engine is used on PostgreSQL only")
+    return app
+
+
+def _lookup_backend_pid(app) -> int:
+    """Return the server process id of the connection the lookup pool hands out next."""
+    from app.services import lookup
+
+    with app.app_context():
+        pooled = lookup.lookup_engine().raw_connection()
+    try:
+        return pooled.driver_connection.info.backend_pid
+    finally:
+        pooled.close()
+
+
+def test_lookup_engine_autocommit_on_primary(postgresql_app):
+    from app.services import lookup
+
+    with postgresql_app.app_context():
+        engine = lookup.lookup_engine()
+        pooled = engine.raw_connection()
+        try:
+            autocommit = pooled.driver_connection.autocommit
+        finally:
+            pooled.close()
+
+        assert engine is not db.engine
+        assert engine.url == db.engine.url
+    assert autocommit is True
+
+
+def test_lookup_recovers_from_closed_connection(postgresql_app, client, loaded):
+    """The server ends the pooled lookup connection (a restart, an idle timeout), and the next lookup still succeeds."""
+    query = {"number": NUMBER, "name": NAME}
+    assert client.get("/api/v1/verify", query_string=query).get_json()["result"] == "valid"
+    backend = _lookup_backend_pid(postgresql_app)
+    with postgresql_app.app_context():
+        with db.engine.connect() as connection:
+            connection.execute(sa_text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+
+    response = client.get("/api/v1/verify", query_string=query)
+
+    assert response.status_code == 200
+    assert response.get_json()["result"] == "valid"
+    assert _lookup_backend_pid(postgresql_app) != backend
+
+
+def test_threaded_lookups_reuse_pool(postgresql_app, loaded):
+    """A threaded server gives each request a new thread: lookups reuse the pool's connections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.services import lookup
+
+    def look(_index: int) -> str:
+        response = postgresql_app.test_client().get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME})
+        return response.get_json()["result"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(look, range(40)))
+    with postgresql_app.app_context():
+        idle = lookup.lookup_engine().pool.checkedin()
+
+    assert results == ["valid"] * 40
+    assert 1 <= idle <= 4
+
+
+# --- no session for pages without a POST ----------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"HX-Request": "true"}], ids=["page", "htmx"])
+def test_anonymous_lookup_sets_no_cookie(client, loaded, headers):
+    found = client.get("/verify", query_string={"number": NUMBER, "name": NAME}, headers=headers)
+    empty = client.get("/verify", headers=headers)
+
+    for response in (found, empty):
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers
+        assert "X-CSRFToken" not in response.get_data(as_text=True)
+
+
+def test_page_with_post_keeps_csrf_header(client):
+    """/verify/file has an htmx POST: its page still carries the CSRF token in htmx's headers."""
+    response = client.get("/verify/file")
+
+    assert 'hx-headers=\'{"X-CSRFToken": "' in response.get_data(as_text=True)
+    assert any(cookie.startswith("session=") for cookie in response.headers.getlist("Set-Cookie"))
+
+
+def test_cached_layout_only_for_anonymous(app, staff_client, loaded):
+    """The anonymous navigation is rendered once per process and reused; signed-in staff get their own."""
+    visitor = app.test_client()
+    anonymous = visitor.get("/verify").get_data(as_text=True)
+    staff = staff_client.get("/verify").get_data(as_text=True)
+    anonymous_again = visitor.get("/verify").get_data(as_text=True)
+
+    assert 'href="/login"' in anonymous
+    assert 'href="/login"' not in staff
+    assert 'href="/admin/"' in staff
+    assert anonymous_again == anonymous
+    assert staff.count('href="/static/css/site.css"') == 1
+    assert "重庆市人事考试中心" in staff
+
+
+def test_cached_layout_follows_script_root(client):
+    """An app mounted under a path prefix (SCRIPT_NAME) gets links under that prefix, not the cached root ones."""
+    client.get("/verify")
+
+    mounted = client.get("/verify", base_url="http://localhost/certs").get_data(as_text=True)
+
+    assert 'href="/certs/static/css/site.css"' in mounted
+    assert 'href="/certs/login"' in mounted
+    assert 'action="/certs/verify"' in mounted

@@ -13,7 +13,7 @@ from app.extensions import db
 from app.models import Holder, StaffUser
 from app.services import accounts
 
-from .conftest import HOLDER_PASSWORD, STAFF_PASSWORD, STAFF_TOTP_SECRET, csrf_token
+from .conftest import HOLDER_PASSWORD, STAFF_PASSWORD, STAFF_TOTP_SECRET, csrf_token, dispose_engines
 
 ID_NUMBER = "500109196409269696"
 NAME = "田娟"
@@ -701,7 +701,7 @@ def limited_app(app):
     limiter.enabled = False
     with limited.app_context():
         # Close this app's pooled connections, so no ResourceWarning surfaces in a later test.
-        db.engine.dispose()
+        dispose_engines()
 
 
 def reset_statuses(app, requests: list[tuple[str, str, str]]) -> list[int]:

@@ -14,7 +14,7 @@ from app.extensions import db
 from app.models import Certificate, Holder
 from app.services import accounts
 
-from .conftest import HOLDER_PASSWORD, csrf_token
+from .conftest import HOLDER_PASSWORD, csrf_token, dispose_engines
 from .scratch_db import create_scratch_database, drop_scratch_database
 
 ROSTER = "2024年度二级建造师考试合格人员名单.xlsx"
@@ -178,7 +178,7 @@ def _migrate_and_check(url: str) -> None:
         holder = accounts.find_holder(ID_NUMBER)
         certificate = db.session.scalar(sa.select(Certificate))
         db.session.remove()
-        db.engine.dispose()
+        dispose_engines()
 
     assert ID_NUMBER not in raw
     assert holder is not None
@@ -247,7 +247,7 @@ def _migrate_previews_and_check(url: str) -> None:
         downgrade(revision="0006")
         restored = db.session.execute(sa.text("SELECT reason FROM batch_row WHERE row = 3")).scalar_one()
         db.session.remove()
-        db.engine.dispose()
+        dispose_engines()
 
     assert ID_NUMBER not in raw
     assert read == {

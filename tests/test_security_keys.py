@@ -28,7 +28,7 @@ from app.extensions import db
 from app.models import BatchRow, Certificate, CertificateVersion, ImportBatch
 from app.services import accounts, batches, records
 
-from .conftest import HOLDER_PASSWORD, ROSTER_DIR, csrf_token
+from .conftest import HOLDER_PASSWORD, ROSTER_DIR, csrf_token, dispose_engines
 from .scratch_db import ID_HASH_KEY, ID_NUMBER_KEY, create_scratch_database, drop_scratch_database, scratch_app
 
 ROSTER = "2024年度二级建造师考试合格人员名单.xlsx"
@@ -58,7 +58,7 @@ def scratch(tmp_path, monkeypatch):
         while _apps:
             with _apps.pop().app_context():
                 db.session.remove()
-                db.engine.dispose()
+                dispose_engines()
         drop_scratch_database(url)
 
 
@@ -194,7 +194,7 @@ def test_sqlite_file_holds_no_plaintext_id(scratch, tmp_path):
     app = migrated_app(scratch)
     id_numbers = populate(app, tmp_path)
     with app.app_context():
-        db.engine.dispose()  # checkpoints the WAL into the file
+        dispose_engines()  # checkpoints the WAL into the file
     path = Path(scratch.removeprefix("sqlite:///"))
 
     content = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))

@@ -18,6 +18,7 @@ import pytest
 
 from app.domain import captcha
 from app.services import lookup_guard
+from tests.conftest import dispose_engines, redis_available
 
 ROSTER = "2024年度二级建造师考试合格人员名单.xlsx"
 NUMBER = "202421000001"
@@ -178,7 +179,7 @@ def limited_app(app):
     limiter.reset()
     limiter.enabled = False
     with limited.app_context():
-        db.engine.dispose()  # its own connection pool, closed so no connection is left to the garbage collector
+        dispose_engines()  # its own connection pool, closed so no connection is left to the garbage collector
 
 
 def client_at(app, address: str):
@@ -277,7 +278,7 @@ def test_lookup_headers_equal_for_miss_kinds(limited_app, loaded, path):
     assert rate_limit_headers(wrong_name) == []
     assert rate_limit_headers(right) == []
     assert sorted(wrong_name.headers.keys()) == sorted(unknown.headers.keys())
-    # The form sets a session cookie with a random CSRF token, and the numbers differ in the body.
+    # The numbers differ in the body; no page of the lookup sets a session cookie, but a cookie would differ too.
     varying = ("Content-Length", "Date", "Set-Cookie")
     assert {name: value for name, value in wrong_name.headers.items() if name not in varying} == {
         name: value for name, value in unknown.headers.items() if name not in varying
@@ -293,20 +294,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _redis_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-REDIS_DB = 13  # this test's own Redis database, flushed before use
+# This file's own Redis database, flushed before use; TEST_REDIS_DB picks another one.
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
 
 
 @pytest.fixture
 def gunicorn_server(tmp_path):
-    if not _redis_available():
+    if not redis_available():
         pytest.skip("Redis is not running on 127.0.0.1:6379")
     import redis
 

@@ -90,14 +90,14 @@ def restore(source: Path, *, force: bool = False) -> dict[str, TableDigest]:
         )
 
     db.session.remove()
-    db.engine.dispose()
+    _dispose_engines()
     if url.get_backend_name() == "sqlite":
         _sqlite_restore(source, _sqlite_path(url))
     elif url.get_backend_name() == "postgresql":
         _pg_restore(url, source)
     else:
         raise BackupError(f"不支持恢复数据库类型 {url.get_backend_name()}：只支持 SQLite 和 PostgreSQL。")
-    db.engine.dispose()
+    _dispose_engines()
 
     logger.info("Database %s restored from %s", url.get_backend_name(), source)
     return table_digests()
@@ -260,3 +260,9 @@ def _pg_restore(url: URL, source: Path) -> None:
             "--command=DROP SCHEMA IF EXISTS public CASCADE", "--command=CREATE SCHEMA public", f"--file={sql_file}",
         ]  # fmt: skip
         _run(psql, env, "恢复")
+
+
+def _dispose_engines() -> None:
+    """Close the pooled connections of every engine, the lookup engine's included, around a restore."""
+    for engine in db.engines.values():
+        engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -16,6 +17,8 @@ from ..domain.roster import normalise_name
 from ..extensions import db
 from ..id_numbers import id_hash
 from ..models import STATUS_REVOKED, Certificate, DocumentKind, Exam, Layout, Specialty
+
+logger = logging.getLogger(__name__)
 
 VALID = "valid"
 REVOKED = "revoked"
@@ -145,38 +148,44 @@ def _fetch(statement, key: str) -> _LookupRow | None:
 
 
 def _fetch_postgresql(engine, statement, key: str) -> tuple | None:
-    """Run the SELECT on a pooled psycopg connection in autocommit mode, through the driver's cursor.
+    """Run the SELECT through the driver's cursor on the lookup engine, whose pooled connections stay in autocommit.
 
     Autocommit makes the lookup one round trip instead of three (BEGIN, the
-    SELECT, and the ROLLBACK when the connection returns to the pool). A
-    single SELECT reads one snapshot in any mode and returns the latest
-    committed row, so a revocation or correction shows at once. The driver's
-    cursor skips SQLAlchemy's result handling, which has nothing to convert
-    here, because psycopg already returns dates, aware datetimes and text.
-    Measured on the 2-core benchmark VM (bench/throughput.py's database), the
-    lookup took about 90 µs of CPU this way and 240 µs through a SQLAlchemy
-    Connection in autocommit mode.
+    SELECT, and the ROLLBACK at the end). A single SELECT reads one snapshot
+    in any mode and returns the latest committed row, so a revocation or
+    correction shows at once. The driver's cursor skips SQLAlchemy's result
+    handling, which has nothing to convert here, because psycopg already
+    returns dates, aware datetimes and text. The "lookup" bind (create_app)
+    is an engine of its own with `isolation_level="AUTOCOMMIT"` and no reset
+    on return, so its pool hands out connections that need no switching.
+    When the server has closed the connections (a restart, an idle timeout),
+    the pool is replaced and the SELECT runs once more; it changes nothing,
+    so running it twice is safe. Measured on the 2-core benchmark VM
+    (bench/throughput.py's database), the lookup took about 90 µs of CPU
+    through the driver's cursor and 240 µs through a SQLAlchemy Connection.
     """
     sql = _postgresql_sql.get(id(statement))
     if sql is None:
         sql = _postgresql_sql[id(statement)] = statement.compile(dialect=engine.dialect).string
-    pooled = engine.raw_connection()
-    try:
-        connection = pooled.driver_connection
-        connection.autocommit = True
+    for attempt in (1, 2):
+        pooled = engine.raw_connection()
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, {"key": key})
-                return cursor.fetchone()
-        finally:
-            # The pool hands this connection to the ORM next, which expects transactions.
-            connection.autocommit = False
-    except engine.dialect.loaded_dbapi.Error as error:
-        if engine.dialect.is_disconnect(error, pooled.dbapi_connection, None):
+            # One cursor per pooled connection, kept in the pool's per-connection info, so it closes with it.
+            cursor = pooled.info.get("lookup_cursor")
+            if cursor is None:
+                cursor = pooled.info["lookup_cursor"] = pooled.driver_connection.cursor()
+            cursor.execute(sql, {"key": key})
+            return cursor.fetchone()
+        except engine.dialect.loaded_dbapi.Error as error:
+            if attempt == 2 or not engine.dialect.is_disconnect(error, pooled.dbapi_connection, None):
+                raise
+            logger.warning("Lookup connection lost (%s); reconnecting and retrying once", type(error).__name__)
             pooled.invalidate(error)
-        raise
-    finally:
-        pooled.close()
+            # The server has most likely closed the pool's other connections too.
+            engine.dispose()
+        finally:
+            pooled.close()
+    raise AssertionError("unreachable")
 
 
 def verify(number: str, name: str) -> LookupResult:

@@ -1,9 +1,15 @@
-"""Lookup abuse controls: not-found results counted per address and per certificate number, and the captcha they trigger.
+"""Lookup abuse controls: lookups per address, not-found results per address and per certificate number, and the captcha.
 
 Counters live in the rate-limit storage (RATELIMIT_STORAGE_URI), so with
 Redis they are shared by every gunicorn worker. The captcha answer is kept in
 the signed session cookie only as an HMAC, and each challenge can be solved
 once (a counter keyed by its random id).
+
+check_lookup counts a lookup against LOOKUP_RATE_LIMIT (per address, shared
+by /verify, /verify/file and the API) and reads both not-found counters. With
+Redis and the fixed-window strategy it does this in one script call, so one
+round trip. A Flask-Limiter decorator and two separate counter reads took
+three round trips per lookup.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import logging
 import secrets
 import time
 
+from typing import NamedTuple
+
 from flask import Flask, current_app, request, session
 from limits import RateLimitItem, parse
-from limits.storage import Storage, storage_from_string
-from limits.strategies import STRATEGIES, RateLimiter
+from limits.storage import RedisClusterStorage, RedisStorage, Storage, storage_from_string
+from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
 
 from ..domain import captcha
 
@@ -27,11 +35,99 @@ SESSION_KEY = "captcha"
 CHALLENGE_SECONDS = 600
 
 
+# Counts one lookup in the address's fixed window (as limits' own incr_expire script does)
+# and reads the address's not-found counter and the number's not-found window.
+# KEYS: address window, address misses, number window. ARGV: address window seconds.
+# Returns the address count, the address window's remaining seconds, and the two counters.
+CHECK_LOOKUP_SCRIPT = """
+local count = redis.call("incrby", KEYS[1], 1)
+if count == 1 then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {count, redis.call("ttl", KEYS[1]), tonumber(redis.call("get", KEYS[2]) or 0), tonumber(redis.call("get", KEYS[3]) or 0)}
+"""
+
+
 def init_app(app: Flask) -> None:
     storage = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
     app.extensions["lookup_guard"] = storage
     strategy = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "fixed-window"]
-    app.extensions["lookup_guard_number_limiter"] = strategy(storage)
+    app.extensions["lookup_guard_limiter"] = strategy(storage)
+    # One script call needs all keys on one server, so not on a Redis cluster.
+    one_call = strategy is FixedWindowRateLimiter and isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage)
+    app.extensions["lookup_guard_script"] = storage.get_connection().register_script(CHECK_LOOKUP_SCRIPT) if one_call else None
+
+
+class LookupCheck(NamedTuple):
+    """Result of check_lookup: the address's LOOKUP_RATE_LIMIT state and the two captcha conditions."""
+
+    address_retry_after: int | None  # seconds until the address may look up again, None when within the limit
+    captcha_required: bool  # this address has had LOOKUP_MISSES_BEFORE_CAPTCHA not-found results
+    number_blocked: bool  # the number has used up LOOKUP_NUMBER_RATE_LIMIT
+
+
+def _limits_enabled() -> bool:
+    return bool(current_app.config.get("RATELIMIT_ENABLED", True))
+
+
+def _address_limit() -> RateLimitItem:
+    return parse(current_app.config["LOOKUP_RATE_LIMIT"])
+
+
+def _address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def check_lookup(number: str) -> LookupCheck:
+    """Count this request against the address's lookup limit and read the not-found counters for it and `number`.
+
+    `number` is normalised as lookup_guard counts it (may be empty). With
+    RATELIMIT_ENABLED off nothing is counted and the number is never blocked;
+    the captcha still follows LOOKUP_CAPTCHA_ENABLED, as in captcha_required.
+    """
+    if not _limits_enabled():
+        return LookupCheck(None, captcha_required(), False)
+    script = current_app.extensions["lookup_guard_script"]
+    if script is None:
+        retry_after = hit_address_limit()
+        return LookupCheck(retry_after, captcha_required(), number_blocked(number))
+    storage = _storage()
+    address_limit = _address_limit()
+    number_limit = _number_limit()
+    keys = [
+        storage.prefixed_key(address_limit.key_for("lookup-address", _address())),
+        storage.prefixed_key(_miss_key()),
+        storage.prefixed_key(number_limit.key_for("lookup-number-miss", number or "-")),
+    ]
+    count, ttl, misses, number_misses = script(keys=keys, args=[address_limit.get_expiry()])
+    retry_after = None
+    if count > address_limit.amount:
+        _log_address_limit(count, address_limit)
+        retry_after = max(1, int(ttl))
+    return LookupCheck(
+        retry_after,
+        enabled() and misses >= current_app.config["LOOKUP_MISSES_BEFORE_CAPTCHA"],
+        bool(number) and number_misses >= number_limit.amount,
+    )
+
+
+def hit_address_limit() -> int | None:
+    """Count this request against the address's lookup limit; return the seconds to wait when over it, else None."""
+    if not _limits_enabled():
+        return None
+    limit = _address_limit()
+    limiter = _limiter()
+    if limiter.hit(limit, "lookup-address", _address()):
+        return None
+    _log_address_limit(_storage().get(limit.key_for("lookup-address", _address())), limit)
+    reset_time, _remaining = limiter.get_window_stats(limit, "lookup-address", _address())
+    return max(1, int(reset_time - time.time()) + 1)
+
+
+def _log_address_limit(count: int, limit: RateLimitItem) -> None:
+    """Log the first request of a window that went past the address's lookup limit (later ones in it are not logged)."""
+    if count == limit.amount + 1:
+        logger.warning("Lookup rate limit %s exceeded by %s; lookups rejected until the window ends", limit, _address())
 
 
 def _storage() -> Storage:
@@ -39,7 +135,7 @@ def _storage() -> Storage:
 
 
 def _miss_key() -> str:
-    return f"lookup-miss:{request.remote_addr or 'unknown'}"
+    return f"lookup-miss:{_address()}"
 
 
 def enabled() -> bool:
@@ -77,19 +173,19 @@ def _number_limit() -> RateLimitItem:
     return parse(current_app.config["LOOKUP_NUMBER_RATE_LIMIT"])
 
 
-def _number_limiter() -> RateLimiter:
-    return current_app.extensions["lookup_guard_number_limiter"]
+def _limiter() -> RateLimiter:
+    return current_app.extensions["lookup_guard_limiter"]
 
 
 def _number_limit_enabled(number: str) -> bool:
-    return bool(number) and bool(current_app.config.get("RATELIMIT_ENABLED", True))
+    return bool(number) and _limits_enabled()
 
 
 def number_blocked(number: str) -> bool:
     """Tell whether `number` (normalised) has used up its not-found results in the current window."""
     if not _number_limit_enabled(number):
         return False
-    return not _number_limiter().test(_number_limit(), "lookup-number-miss", number)
+    return not _limiter().test(_number_limit(), "lookup-number-miss", number)
 
 
 def record_number_miss(number: str) -> bool:
@@ -101,7 +197,7 @@ def record_number_miss(number: str) -> bool:
     if not _number_limit_enabled(number):
         return True
     limit = _number_limit()
-    limiter = _number_limiter()
+    limiter = _limiter()
     within_limit = limiter.hit(limit, "lookup-number-miss", number)
     if within_limit and not limiter.test(limit, "lookup-number-miss", number):
         # Logged once per window, on the miss that used up the limit.
@@ -111,7 +207,7 @@ def record_number_miss(number: str) -> bool:
 
 def number_retry_after(number: str) -> int:
     """Return the seconds until `number`'s not-found counter resets (at least 1)."""
-    reset_time, _remaining = _number_limiter().get_window_stats(_number_limit(), "lookup-number-miss", number)
+    reset_time, _remaining = _limiter().get_window_stats(_number_limit(), "lookup-number-miss", number)
     return max(1, int(reset_time - time.time()) + 1)
 
 
