@@ -6,13 +6,24 @@ from __future__ import annotations
 from flask import Flask, flash, make_response, redirect, session, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import login_user
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import defer
 
 from .extensions import db, login_manager
 from .models import Holder, StaffUser
 from .web import hx_redirect, is_htmx, login_next
 
-_USER_TYPES = {"staff": StaffUser, "holder": Holder}
 SESSION_VERSION_KEY = "sv"
+
+# The loader runs on every logged-in request. The ID number and the password
+# hash are deferred, so a page that never shows them neither decrypts the
+# number nor fetches the hash; a page that does loads them on first access.
+_USER_QUERIES = {
+    "staff": select(StaffUser).where(StaffUser.id == bindparam("user_id")),
+    "holder": select(Holder)
+    .where(Holder.id == bindparam("user_id"))
+    .options(defer(Holder.id_number), defer(Holder.password_hash)),
+}
 
 
 def configure_login(app: Flask) -> None:
@@ -24,10 +35,10 @@ def configure_login(app: Flask) -> None:
 @login_manager.user_loader
 def load_user(user_id: str) -> StaffUser | Holder | None:
     prefix, _, raw_id = user_id.partition(":")
-    model = _USER_TYPES.get(prefix)
-    if model is None or not raw_id.isdigit():
+    query = _USER_QUERIES.get(prefix)
+    if query is None or not raw_id.isdigit():
         return None
-    user = db.session.get(model, int(raw_id))
+    user = db.session.execute(query, {"user_id": int(raw_id)}).scalar_one_or_none()
     # A logout or password change bumps the version, which ends copies of older cookies.
     if user is None or session.get(SESSION_VERSION_KEY) != user.session_version:
         return None

@@ -124,7 +124,8 @@ def seed(url: str, first: int, last: int, chunk: int = 1_000_000) -> float:
     for start in range(first, last + 1, chunk):
         stop = min(start + chunk - 1, last)
         if postgres:
-            series = "SELECT generate_series(:start, :stop) AS g"
+            # Typed, because PostgreSQL finds generate_series ambiguous for two small untyped parameters.
+            series = "SELECT generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g"
             number = "'9' || lpad(g::text, 11, '0')"
         else:
             series = "WITH RECURSIVE s(g) AS (SELECT :start UNION ALL SELECT g + 1 FROM s WHERE g < :stop) SELECT g FROM s"
@@ -167,16 +168,18 @@ def _shared_id_number(id_columns: str) -> dict[str, str]:
 
 
 @contextmanager
-def gunicorn(url: str, instance: Path, port: int, workers: int | None = None, settings: dict[str, str] | None = None):
-    """Run bench/wsgi_bench.py under deploy/gunicorn.conf.py on 127.0.0.1:`port`; yield its base URL.
+def gunicorn(url: str, instance: Path, port: int, workers: int | None = None, settings: dict[str, str] | None = None,
+             wsgi_app: str = "bench.wsgi_bench:app"):
+    """Run `wsgi_app` (by default bench/wsgi_bench.py) under deploy/gunicorn.conf.py on 127.0.0.1:`port`; yield its base URL.
 
     `settings` are extra environment variables (CERT_* settings) for the server.
+    The app must serve /bench/bare, which is polled until the server is up.
     """
     env = app_environment(url, instance) | (settings or {})
     env.update({"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_ACCESS_LOG": "/dev/null", "GUNICORN_LOG_LEVEL": "warning"})
     if workers:
         env["GUNICORN_WORKERS"] = str(workers)
-    command = [str(Path(sys.executable).parent / "gunicorn"), "--config", "deploy/gunicorn.conf.py", "bench.wsgi_bench:app"]
+    command = [str(Path(sys.executable).parent / "gunicorn"), "--config", "deploy/gunicorn.conf.py", wsgi_app]
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
     base = f"http://127.0.0.1:{port}"
     _server_pids[base] = process.pid

@@ -389,6 +389,95 @@ def test_download_sends_cached_bytes(app, client, loaded):
     assert response.headers["ETag"] == '"%s"' % cached_file(app).stem.rsplit("-", 1)[1]
 
 
+def test_cached_download_runs_one_query(app, client, loaded):
+    from sqlalchemy import event
+
+    from app.extensions import db
+
+    register(client)
+    client.get(PDF_URL)  # renders and caches the file
+    statements = []
+
+    def record(_connection, _cursor, statement, *_args):
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = client.get(PDF_URL)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert response.status_code == 200
+    assert len(statements) == 1
+    assert "JOIN holder" in statements[0]
+
+
+def test_download_with_copied_cookie_after_logout(app, client, loaded):
+    register(client)
+    assert client.get(PDF_URL).status_code == 200
+    copied = client.get_cookie("session").value
+    page = client.get("/me").get_data(as_text=True)
+    client.post("/logout", data={"csrf_token": csrf_token(page)})
+    thief = app.test_client()
+    thief.set_cookie("session", copied)
+
+    response = thief.get(PDF_URL)
+
+    assert response.status_code in (302, 303)
+    assert "/login" in response.headers["Location"]
+
+
+def test_download_after_account_removed(app, client, loaded):
+    from sqlalchemy import delete
+
+    from app.extensions import db
+    from app.models import Holder
+
+    register(client)
+    assert client.get(PDF_URL).status_code == 200
+    with app.app_context():
+        db.session.execute(delete(Holder))
+        db.session.commit()
+
+    response = client.get(PDF_URL)
+
+    assert response.status_code in (302, 303)
+    assert "/login" in response.headers["Location"]
+
+
+def test_download_after_idle_limit(app, client, loaded, monkeypatch):
+    import app.security as security
+
+    register(client)
+    assert client.get(PDF_URL).status_code == 200
+    start = security.clock()
+    monkeypatch.setattr(security, "clock", lambda: start + app.config["SESSION_IDLE_MINUTES"] * 60 + 5)
+
+    response = client.get(PDF_URL)
+
+    assert response.status_code in (302, 303)
+    assert "/login" in response.headers["Location"]
+
+
+def test_download_from_other_user_agent(client, loaded):
+    # Flask-Login's session protection marks the permanent session as not fresh
+    # and keeps it, so the full path serves the file.
+    register(client)
+
+    response = client.get(PDF_URL, headers={"User-Agent": "another-browser/1.0"})
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/pdf"
+
+
+def test_staff_session_cannot_download(staff_client, loaded):
+    response = staff_client.get(PDF_URL)
+
+    assert response.status_code == 403
+
+
 def test_download_with_accel_redirect(app, client, loaded, monkeypatch):
     monkeypatch.setitem(app.config, "PDF_ACCEL_REDIRECT_PREFIX", "/_protected/pdf-cache/")
     register(client)

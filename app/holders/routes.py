@@ -10,11 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.http import quote_etag
 
-from ..auth import end_session, start_session
+from ..auth import SESSION_VERSION_KEY, end_session, start_session
 from ..domain.documents import MissingGlyphError
 from ..domain.identity import mask_id_number
-from ..extensions import db, limiter
-from ..id_numbers import id_hash
+from ..extensions import db, limiter, login_manager
 from ..models import Certificate
 from ..security import current_address
 from ..services import accounts, certificates as certificate_files, events, lookup
@@ -166,7 +165,7 @@ def _own_pdf_source(number: str) -> PdfSource:
     source = None
     # PostgreSQL rejects NUL in text, so such input never reaches the query.
     if len(number) <= MAX_NUMBER_LENGTH and "\x00" not in number:
-        source = certificate_files.owned_pdf_source(number, current_user.name, id_hash(current_user.id_number))
+        source = certificate_files.owned_pdf_source(number, current_user.name, current_user.id_number_hash)
     if source is None:
         _log_refused_number(number)
         abort(404)
@@ -183,16 +182,49 @@ def _log_refused_number(number: str) -> None:
         ).first()
     if found is None:
         logger.warning("Holder %s requested certificate %r, which does not exist", current_user.id, number[:40])
-    elif found.name == current_user.name and found.id_number_hash == id_hash(current_user.id_number):
+    elif found.name == current_user.name and found.id_number_hash == current_user.id_number_hash:
         logger.info("Holder %s requested their certificate %s, which is revoked", current_user.id, found.id)
     else:
         logger.warning("Holder %s requested certificate %s, which is not theirs", current_user.id, found.id)
 
 
+def _session_pdf_source(number: str) -> PdfSource | None:
+    """Return the PDF source of `number` when the session's holder owns it, checked in one query; else None.
+
+    This is the download's fast path. It checks what `login_required` and
+    `_own_pdf_source` check together (a holder session whose version is still
+    current, ownership, not revoked) without loading the holder. Any other
+    case returns None: no holder in the session, a session identifier that
+    does not match this client (Flask-Login's session protection), a number
+    that is not theirs. The caller then takes the full path, which redirects
+    to the login, answers 404 or logs, as before. The idle and absolute
+    session limits have already run in `security.expire_session`.
+    """
+    user_id, version = session.get("_user_id"), session.get(SESSION_VERSION_KEY)
+    prefix, _, raw_id = user_id.partition(":") if isinstance(user_id, str) else ("", "", "")
+    if prefix != "holder" or not raw_id.isdigit() or not isinstance(version, int):
+        return None
+    if session.get("_id") != login_manager._session_identifier_generator():
+        return None
+    if len(number) > MAX_NUMBER_LENGTH or "\x00" in number:
+        return None
+    return certificate_files.session_owned_pdf_source(number, int(raw_id), version)
+
+
 @bp.get("/me/certificates/<number>.pdf")
-@login_required
 def download(number: str):
-    source = _own_pdf_source(number)
+    source = _session_pdf_source(number)
+    if source is None:
+        return _checked_download(number)
+    return _send_own(number, source)
+
+
+@login_required
+def _checked_download(number: str):
+    return _send_own(number, _own_pdf_source(number))
+
+
+def _send_own(number: str, source: PdfSource):
     entry = certificate_files.cache_entry(source)
     if not entry.path.is_file():
         try:

@@ -19,7 +19,7 @@ from ..domain import signing
 from ..domain.documents import TEMPLATE_DIR, CertificateDocument, render_pdf
 from ..domain.tokens import make_token
 from ..extensions import db
-from ..models import STATUS_REVOKED, Certificate, DocumentKind, Layout, Seal
+from ..models import STATUS_REVOKED, Certificate, DocumentKind, Holder, Layout, Seal
 from . import lookup
 from .catalogue import load_catalogue
 from .lookup import CertificateView
@@ -141,7 +141,7 @@ def source_of(certificate: Certificate) -> PdfSource:
 # One join over the certificate and the catalogue rows its PDF prints. Built
 # once at import, so a request only binds parameters and hits SQLAlchemy's
 # compiled cache. It runs on the session's connection and loads no ORM objects.
-_OWNED_SOURCE = (
+_SOURCE_JOIN = (
     select(
         Certificate.id, Certificate.version, Certificate.public_id,
         Layout.code, Layout.title, Layout.statement, Layout.co_issuers,
@@ -151,13 +151,40 @@ _OWNED_SOURCE = (
     .join(Layout, Layout.id == Certificate.layout_id)
     .join(DocumentKind, DocumentKind.id == Layout.document_kind_id)
     .join(Seal, Seal.id == DocumentKind.seal_id)
-    .where(
-        Certificate.number == bindparam("number"),
-        Certificate.id_number_hash == bindparam("id_number_hash"),
-        Certificate.name == bindparam("name"),
-        Certificate.status != STATUS_REVOKED,
-    )
 )
+_OWNED_SOURCE = _SOURCE_JOIN.where(
+    Certificate.number == bindparam("number"),
+    Certificate.id_number_hash == bindparam("id_number_hash"),
+    Certificate.name == bindparam("name"),
+    Certificate.status != STATUS_REVOKED,
+)
+# The same join, matched against a holder row instead of a name and hash: it
+# also checks that the holder exists and that the session's version is current.
+_SESSION_OWNED_SOURCE = _SOURCE_JOIN.join(
+    Holder,
+    (Holder.id == bindparam("holder_id"))
+    & (Holder.session_version == bindparam("session_version"))
+    & (Holder.name == Certificate.name)
+    & (Holder.id_number_hash == Certificate.id_number_hash),
+).where(
+    Certificate.number == bindparam("number"),
+    Certificate.status != STATUS_REVOKED,
+)
+
+
+def session_owned_pdf_source(number: str, holder_id: int, session_version: int) -> PdfSource | None:
+    """Return the PDF source of certificate `number` when it belongs to holder `holder_id` at `session_version`.
+
+    One query replaces loading the holder and then checking ownership. It
+    returns None when the holder is gone, the version has moved on (a logout
+    or password change elsewhere), or the number is missing, revoked or
+    someone else's; the caller then takes the full path, which tells these apart.
+    """
+    row = db.session.connection().execute(
+        _SESSION_OWNED_SOURCE,
+        {"number": number, "holder_id": holder_id, "session_version": session_version},
+    ).first()
+    return None if row is None else _source_from_row(row)
 
 
 def owned_pdf_source(number: str, name: str, id_number_hash: str) -> PdfSource | None:
@@ -170,8 +197,10 @@ def owned_pdf_source(number: str, name: str, id_number_hash: str) -> PdfSource |
     row = db.session.connection().execute(
         _OWNED_SOURCE, {"number": number, "id_number_hash": id_number_hash, "name": name}
     ).first()
-    if row is None:
-        return None
+    return None if row is None else _source_from_row(row)
+
+
+def _source_from_row(row) -> PdfSource:
     (certificate_id, version, public_id, layout_code, layout_title, layout_statement, co_issuers,
      kind_name, kind_issuer, seal_code, seal_name, seal_image_path) = row
     return PdfSource(
