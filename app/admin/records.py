@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -131,7 +131,12 @@ def revoke(certificate_id: int):
     except records.RecordError as error:
         _attach_errors(form, error)
         return _record_page(certificate, revoke=form, status=422)
-    flash(f"已撤销证书「{certificate.number}」。查验页面、二维码和接口即刻显示“已撤销”。", "success")
+    if current_app.config["LOOKUP_DATABASE_URL"]:
+        # Lookups read a streaming standby, which shows the change once it has replayed it.
+        shown = "查验页面、二维码和接口读取只读副本，副本同步后（通常不到 1 秒）显示“已撤销”。"
+    else:
+        shown = "查验页面、二维码和接口即刻显示“已撤销”。"
+    flash(f"已撤销证书「{certificate.number}」。{shown}", "success")
     return redirect(url_for(".certificate", certificate_id=certificate.id), 303)
 
 
