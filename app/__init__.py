@@ -19,16 +19,25 @@ class ConfigurationError(RuntimeError):
     """Raised when required settings are missing. The message names them and the fix."""
 
 
-def _lookup_bind(url: str) -> str | dict:
+def _lookup_bind(url: str, engine_options: Mapping[str, Any]) -> str | dict:
     """Return the "lookup" bind for `url`: on PostgreSQL an engine of its own whose connections stay in autocommit.
 
     Anonymous lookups run one SELECT each (lookup._fetch_postgresql). In
     autocommit mode that is one round trip, and with no reset on return the
     pool sends no ROLLBACK either. The ORM's engine keeps its transactions.
+    It takes the pool size, overflow and recycle time from
+    `engine_options` (SQLALCHEMY_ENGINE_OPTIONS), so each process may hold up
+    to twice pool_size + max_overflow connections. pool_pre_ping is off here,
+    because a lookup retries once on a lost connection itself, and a ping
+    would be a second round trip.
     """
     if not url.startswith("postgresql"):
         return url
-    return {"url": url, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None, "pool_use_lifo": True}
+    options = dict(engine_options)
+    options.update(
+        url=url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_use_lifo=True, pool_pre_ping=False
+    )
+    return options
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -79,7 +88,10 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
     if lookup_url or str(app.config["SQLALCHEMY_DATABASE_URI"]).startswith("postgresql"):
         # Flask-SQLAlchemy creates one engine per bind; lookup.lookup_engine picks this one.
         binds = dict(app.config.get("SQLALCHEMY_BINDS") or {})
-        binds["lookup"] = _lookup_bind(str(lookup_url or app.config["SQLALCHEMY_DATABASE_URI"]))
+        primary_url = str(app.config["SQLALCHEMY_DATABASE_URI"])
+        # SQLite's engine options (connect_args) would not suit a PostgreSQL replica.
+        options = app.config["SQLALCHEMY_ENGINE_OPTIONS"] if primary_url.startswith("postgresql") else {}
+        binds["lookup"] = _lookup_bind(str(lookup_url or primary_url), options)
         app.config["SQLALCHEMY_BINDS"] = binds
     if app.config.get("TESTING"):
         # Fixed keys, so test and benchmark databases stay readable across runs.

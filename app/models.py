@@ -23,6 +23,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def new_session_version() -> int:
+    """Return a random first session version for a new account.
+
+    SQLite reuses the id of the last deleted row, so a new account can get a
+    deleted account's id. A random start keeps that account's old cookies,
+    which carry its id and version, from matching the new one.
+    """
+    return secrets.randbelow(2**30) + 1
+
+
 def new_public_id() -> str:
     """Return an opaque certificate identifier for QR tokens (no personal data)."""
     return secrets.token_urlsafe(12)
@@ -106,7 +116,7 @@ class StaffUser(UserMixin, db.Model):
     # Time step (Unix time // 30) of the last accepted TOTP code; a code of this step or an earlier one is refused.
     totp_last_step: Mapped[int | None] = mapped_column()
     # Bumped by logout and password changes; sessions carrying an older value are ended.
-    session_version: Mapped[int] = mapped_column(default=1, server_default="1")
+    session_version: Mapped[int] = mapped_column(default=new_session_version, server_default="1")
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'operator', 'auditor')", name="role"),)
 
@@ -138,7 +148,7 @@ class Holder(UserMixin, db.Model):
     consented_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # privacy notice accepted
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Bumped by logout and password changes; sessions carrying an older value are ended.
-    session_version: Mapped[int] = mapped_column(default=1, server_default="1")
+    session_version: Mapped[int] = mapped_column(default=new_session_version, server_default="1")
 
     __table_args__ = (UniqueConstraint("id_type", "id_number_hash"),)
 

@@ -346,3 +346,55 @@ def test_extent_ignores_non_cell_attributes():
 
     assert (flags.max_row, flags.max_column) == (8, 2)
     assert (flags.max_row_cell, flags.max_column_cell) == ("C8", "C8")
+
+
+# --- hostile sheets: the used-range search stays linear -----------------------------------
+
+def _one_row_sheet(tmp_path, cells: str):
+    import zipfile
+
+    path = tmp_path / "hostile.xlsx"
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
+        f'<row r="1">{cells}</row></sheetData></worksheet>'
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", xml)
+    return path
+
+
+def _patterns_compiled() -> int:
+    from app.domain import sheet_scan
+
+    return sheet_scan._rows_beyond.cache_info().misses + sheet_scan._columns_beyond.cache_info().misses
+
+
+def test_scan_ascending_rows_then_low_cell(tmp_path):
+    # Each new maximum used to compile a pattern: 30,000 of them for this sheet.
+    from app.domain import sheet_scan
+
+    path = _one_row_sheet(tmp_path, "".join(f'<c r="A{row}"/>' for row in range(2, 30_002)) + '<c r="A1"/>')
+    sheet_scan._rows_beyond.cache_clear()
+    sheet_scan._columns_beyond.cache_clear()
+
+    flags = sheet_scan.scan_sheet(path, "xl/worksheets/sheet1.xml")
+
+    assert flags.max_row == 30_001
+    assert flags.max_row_cell == "A30001"
+    assert _patterns_compiled() <= 4 * sheet_scan.MAX_WIDENINGS_PER_CHUNK
+
+
+def test_scan_widest_row(tmp_path):
+    from app.domain import sheet_scan
+
+    cells = "".join(f'<c r="{sheet_scan.column_letters(column)}1"/>' for column in range(16_384))
+    path = _one_row_sheet(tmp_path, cells)
+    sheet_scan._rows_beyond.cache_clear()
+    sheet_scan._columns_beyond.cache_clear()
+
+    flags = sheet_scan.scan_sheet(path, "xl/worksheets/sheet1.xml")
+
+    assert flags.max_column == 16_383
+    assert flags.max_column_cell == "XFD1"
+    assert _patterns_compiled() <= 4 * sheet_scan.MAX_WIDENINGS_PER_CHUNK

@@ -114,3 +114,28 @@ def test_without_replica_lookups_read_primary(app):
         engine = lookup.lookup_engine()
         # On PostgreSQL lookups have an autocommit engine of their own, on the same database.
         assert engine.url == db.engine.url
+
+
+def test_lookup_engine_takes_pool_settings(tmp_path, monkeypatch):
+    """The autocommit lookup engine uses the configured pool size, overflow and recycle time, without the ping."""
+    monkeypatch.setenv("CERT_INSTANCE_PATH", str(tmp_path))
+    from app import create_app
+
+    options = {"pool_size": 3, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
+    # Only the engines are built; no server has to listen at this address.
+    app = create_app({
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key-0123456789-0123456789",
+        "QR_TOKEN_KEYS": ["test-qr-key-0123456789-0123456789"],
+        "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:5432/unused_by_this_test",
+        "SQLALCHEMY_ENGINE_OPTIONS": options,
+    })
+    with app.app_context():
+        pool = lookup.lookup_engine().pool
+        main_pool = db.engine.pool
+
+    assert pool.size() == 3
+    assert pool._max_overflow == 2
+    assert pool._recycle == 1800
+    assert pool._pre_ping is False
+    assert main_pool._pre_ping is True

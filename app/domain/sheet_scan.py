@@ -141,12 +141,33 @@ def _record_extent(text: bytes, flags: SheetFlags) -> None:
     _widen_rows(text, flags)
 
 
+# Searches for "a reference beyond the maximum" in one chunk before the rest of
+# the chunk is read linearly. Each search compiles a pattern (about 100 µs), so
+# a hostile sheet whose references keep growing would otherwise cost one
+# compile per cell.
+MAX_WIDENINGS_PER_CHUNK = 16
+
+
 def _widen_columns(text: bytes, flags: SheetFlags) -> None:
     position = 0
-    while (found := _cell_reference(_columns_beyond(flags.max_column), text, position)) is not None:
+    for _ in range(MAX_WIDENINGS_PER_CHUNK):
+        found = _cell_reference(_columns_beyond(flags.max_column), text, position)
+        if found is None:
+            return
         # The first reference beyond the old maximum is also the first one with the new maximum's letters.
         flags.max_column = _column_index(found.group(1))
         flags.max_column_cell = (found.group(1) + found.group(2)).decode()
+        position = found.end()
+    _widen_columns_linearly(text, flags, position)
+
+
+def _widen_columns_linearly(text: bytes, flags: SheetFlags, position: int) -> None:
+    """Widen the column maximum from every cell reference after `position`, one pass, no pattern per step."""
+    while (found := _cell_reference(_REFERENCE, text, position)) is not None:
+        column = _column_index(found.group(1))
+        if column > flags.max_column:
+            flags.max_column = column
+            flags.max_column_cell = (found.group(1) + found.group(2)).decode()
         position = found.end()
 
 
@@ -154,9 +175,16 @@ def _widen_rows(text: bytes, flags: SheetFlags) -> None:
     # Rows are nearly always in order, so the last cell's row is the likely maximum, and one search checks it.
     row = max(_last_cell_row(text), flags.max_row)
     position = 0
-    while (found := _cell_reference(_rows_beyond(row), text, position)) is not None:
+    for _ in range(MAX_WIDENINGS_PER_CHUNK):
+        found = _cell_reference(_rows_beyond(row), text, position)
+        if found is None:
+            break
         row = int(found.group(2))
         position = found.end()
+    else:
+        while (found := _cell_reference(_REFERENCE, text, position)) is not None:
+            row = max(row, int(found.group(2)))
+            position = found.end()
     if row > flags.max_row:
         flags.max_row = row
         first = _cell_reference(re.compile(rb'r="([A-Z]+)(0*' + str(row).encode() + rb')"'), text, 0)

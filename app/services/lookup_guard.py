@@ -23,7 +23,7 @@ import time
 from typing import NamedTuple
 
 from flask import Flask, current_app, request, session
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, parse, parse_many
 from limits.storage import RedisClusterStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
 
@@ -70,8 +70,19 @@ def _limits_enabled() -> bool:
     return bool(current_app.config.get("RATELIMIT_ENABLED", True))
 
 
-def _address_limit() -> RateLimitItem:
-    return parse(current_app.config["LOOKUP_RATE_LIMIT"])
+def _address_limits() -> list[RateLimitItem]:
+    """Return every limit of LOOKUP_RATE_LIMIT, such as both of "30 per minute;300 per hour"."""
+    return parse_many(current_app.config["LOOKUP_RATE_LIMIT"])
+
+
+def _number_key(number: str) -> str:
+    """Return the key part that stands for `number` in the rate-limit storage.
+
+    It is an HMAC, because people type ID numbers into the number field, and
+    the storage (Redis) must not hold them.
+    """
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, b"lookup-number:" + number.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _address() -> str:
@@ -88,16 +99,18 @@ def check_lookup(number: str) -> LookupCheck:
     if not _limits_enabled():
         return LookupCheck(None, captcha_required(), False)
     script = current_app.extensions["lookup_guard_script"]
-    if script is None:
+    address_limits = _address_limits()
+    if script is None or len(address_limits) != 1:
+        # The script counts one address limit; several take a round trip each.
         retry_after = hit_address_limit()
         return LookupCheck(retry_after, captcha_required(), number_blocked(number))
     storage = _storage()
-    address_limit = _address_limit()
+    address_limit = address_limits[0]
     number_limit = _number_limit()
     keys = [
         storage.prefixed_key(address_limit.key_for("lookup-address", _address())),
         storage.prefixed_key(_miss_key()),
-        storage.prefixed_key(number_limit.key_for("lookup-number-miss", number or "-")),
+        storage.prefixed_key(number_limit.key_for("lookup-number-miss", _number_key(number) if number else "-")),
     ]
     count, ttl, misses, number_misses = script(keys=keys, args=[address_limit.get_expiry()])
     retry_after = None
@@ -115,13 +128,16 @@ def hit_address_limit() -> int | None:
     """Count this request against the address's lookup limit; return the seconds to wait when over it, else None."""
     if not _limits_enabled():
         return None
-    limit = _address_limit()
     limiter = _limiter()
-    if limiter.hit(limit, "lookup-address", _address()):
-        return None
-    _log_address_limit(_storage().get(limit.key_for("lookup-address", _address())), limit)
-    reset_time, _remaining = limiter.get_window_stats(limit, "lookup-address", _address())
-    return max(1, int(reset_time - time.time()) + 1)
+    retry_after = None
+    # Every limit is counted, as Flask-Limiter counts a list of limits, and the longest wait is returned.
+    for limit in _address_limits():
+        if limiter.hit(limit, "lookup-address", _address()):
+            continue
+        _log_address_limit(_storage().get(limit.key_for("lookup-address", _address())), limit)
+        reset_time, _remaining = limiter.get_window_stats(limit, "lookup-address", _address())
+        retry_after = max(retry_after or 0, max(1, int(reset_time - time.time()) + 1))
+    return retry_after
 
 
 def _log_address_limit(count: int, limit: RateLimitItem) -> None:
@@ -185,7 +201,7 @@ def number_blocked(number: str) -> bool:
     """Tell whether `number` (normalised) has used up its not-found results in the current window."""
     if not _number_limit_enabled(number):
         return False
-    return not _limiter().test(_number_limit(), "lookup-number-miss", number)
+    return not _limiter().test(_number_limit(), "lookup-number-miss", _number_key(number))
 
 
 def record_number_miss(number: str) -> bool:
@@ -198,8 +214,9 @@ def record_number_miss(number: str) -> bool:
         return True
     limit = _number_limit()
     limiter = _limiter()
-    within_limit = limiter.hit(limit, "lookup-number-miss", number)
-    if within_limit and not limiter.test(limit, "lookup-number-miss", number):
+    key = _number_key(number)
+    within_limit = limiter.hit(limit, "lookup-number-miss", key)
+    if within_limit and not limiter.test(limit, "lookup-number-miss", key):
         # Logged once per window, on the miss that used up the limit.
         logger.warning("Lookup number %s: not-found results reached %s, captcha now required for it", number, limit)
     return within_limit
@@ -207,7 +224,7 @@ def record_number_miss(number: str) -> bool:
 
 def number_retry_after(number: str) -> int:
     """Return the seconds until `number`'s not-found counter resets (at least 1)."""
-    reset_time, _remaining = _limiter().get_window_stats(_number_limit(), "lookup-number-miss", number)
+    reset_time, _remaining = _limiter().get_window_stats(_number_limit(), "lookup-number-miss", _number_key(number))
     return max(1, int(reset_time - time.time()) + 1)
 
 
