@@ -16,7 +16,7 @@ run: install
 	$(FLASK) keys init --if-missing
 	$(FLASK) db upgrade
 	CERT_BASE_URL=$(BASE_URL) $(FLASK) demo
-	# The production config keeps query strings (names, ID numbers) and QR tokens out of the access log.
+	@# The production config keeps query strings (names, ID numbers) and QR tokens out of the access log.
 	CERT_BASE_URL=$(BASE_URL) GUNICORN_BIND=127.0.0.1:$(PORT) GUNICORN_WORKERS=2 \
 		$(VENV)/bin/gunicorn --config deploy/gunicorn.conf.py wsgi:app
 

@@ -138,10 +138,16 @@ def validate_settings(app: Flask) -> None:
         )
     weak = weak_keys(app.config)
     if weak:
+        same = app.config.get("ID_NUMBER_KEY") == app.config.get("ID_HASH_KEY")
         raise ConfigurationError(
-            "配置项 %s 的密钥太短（少于 %s 个字符）或是文档中的示例值：请换成随机生成的密钥，"
-            "例如 python -c 'import secrets; print(secrets.token_urlsafe(48))' 的输出。"
-            % ("、".join(weak), app.config["MIN_KEY_LENGTH"])
+            "配置项 %s（环境变量 %s）的密钥太短（少于 %s 个字符）或是文档中的示例值%s：请换成随机生成的密钥，"
+            "例如 python3 -c 'import secrets; print(secrets.token_urlsafe(48))' 的输出。"
+            % (
+                "、".join(weak),
+                "、".join(f"CERT_{name}" for name in weak),
+                app.config["MIN_KEY_LENGTH"],
+                "；ID_HASH_KEY 不能与 ID_NUMBER_KEY 相同" if same else "",
+            )
         )
     font = PROJECT_ROOT / "static" / "fonts" / "wqy-zenhei.ttc"
     if not font.is_file():

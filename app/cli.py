@@ -76,11 +76,27 @@ def create_staff(username: str, role: str, generate: bool) -> None:
         click.echo(f"初始密码（只显示这一次）：{password}")
 
 
+def _existing_file(ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    """Stop with status 2 and a Chinese message when FILE is missing; click's own message is English."""
+    if not value.is_file():
+        click.echo(f"错误：文件「{value}」不存在或不是文件，请核对路径。", err=True)
+        ctx.exit(2)
+    return value
+
+
+def _kind_choice(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Stop with status 2 and a Chinese message when --kind is not one of KIND_CHOICES."""
+    if value is not None and value not in KIND_CHOICES:
+        click.echo(f"错误：证书类别「{value}」无效，应为 证书 或 合格证明。", err=True)
+        ctx.exit(2)
+    return value
+
+
 @roster_cli.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), callback=_existing_file)
 @click.option("--exam", help="考试项目，文件中没有考试项目列、文件名中也没有考试名称时必须指定，例如 二级建造师。")
 @click.option(
-    "--kind", type=click.Choice(list(KIND_CHOICES)),
+    "--kind", callback=_kind_choice,
     help="证书类别：证书 或 合格证明。文件中没有证书类别列、文件名中也没有“证书”或“合格证明”时必须指定。",
 )
 @click.option("--dry-run", is_flag=True, help="只检查并输出结果，不写入证书库。")

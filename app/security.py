@@ -236,8 +236,8 @@ def weak_keys(config) -> list[str]:
         value = str(config.get(name) or "")
         if len(value) < minimum or value in EXAMPLE_KEYS:
             weak.append(name)
-    if config.get("ID_NUMBER_KEY") and config.get("ID_NUMBER_KEY") == config.get("ID_HASH_KEY"):
-        weak.append("ID_HASH_KEY（不能与 ID_NUMBER_KEY 相同）")
+    if config.get("ID_NUMBER_KEY") and config.get("ID_NUMBER_KEY") == config.get("ID_HASH_KEY") and "ID_HASH_KEY" not in weak:
+        weak.append("ID_HASH_KEY")
     qr_keys = [str(key) for key in config.get("QR_TOKEN_KEYS") or []]
     # Older keys stay listed to verify codes already printed, so only the signing (last) key must be long.
     if qr_keys and (len(qr_keys[-1]) < minimum or any(key in EXAMPLE_KEYS for key in qr_keys)):

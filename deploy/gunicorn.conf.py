@@ -35,6 +35,11 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 max_requests = _int("GUNICORN_MAX_REQUESTS", 10000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
 
+# gunicorn 27's control socket defaults to ~/.gunicorn/gunicorn.ctl, one path
+# for every instance of the user, and the systemd unit's home is read-only.
+# Nothing here uses the control commands, so the socket is off.
+control_socket_disable = True
+
 # Load the app once in the master, before forking, so a configuration error stops startup with its message.
 preload_app = True
 

@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 
 DB_NAME="${1:-cert_deploy_smoke}"
 PG="postgresql+psycopg://postgres@127.0.0.1:5432/${DB_NAME}"
-REDIS_DB=12  # tests/test_security_lookup.py flushes database 13, so the two can run together
-APP_PORT=18080
-HTTP_PORT=18081
-HTTPS_PORT=18443
+# The Redis tests flush database 13, so the two can run together.
+REDIS_DB="${SMOKE_REDIS_DB:-12}"
+APP_PORT="${SMOKE_APP_PORT:-18080}"
+HTTP_PORT="${SMOKE_HTTP_PORT:-18081}"
+HTTPS_PORT="${SMOKE_HTTPS_PORT:-18443}"
+command -v nginx >/dev/null || { echo "FAIL: nginx is not installed (apt-get install nginx)" >&2; exit 1; }
 WORK="$(mktemp -d /tmp/cert-smoke.XXXXXX)"
 VENV=.venv
 PIDS=()
@@ -23,6 +25,9 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
+  # The work folder contains signing keys and a TLS key; the database is a scratch copy.
+  rm -rf "$WORK"
+  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$DB_NAME" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -114,5 +119,4 @@ echo "static files: 200; internal PDF location: 404 from outside; HTTP: 301 to H
 if grep -q "202421000001\|number=" "$WORK"/nginx-certificates.access.log; then fail "nginx access log contains a query string"; fi
 echo "nginx access log: paths only"
 
-dropdb -h 127.0.0.1 -U postgres --if-exists --force "$DB_NAME" 2>/dev/null || true
 echo "OK: deployment smoke test passed"

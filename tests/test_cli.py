@@ -298,3 +298,21 @@ def test_import_guesses_exam_from_filename(runner):
 
     assert result.exit_code == 0, result.output
     assert "imported=600" in result.output
+
+
+def test_import_missing_file_message(runner, tmp_path):
+    missing = tmp_path / "nofile.xlsx"
+
+    result = runner.invoke(args=["roster", "import", str(missing), "--kind", "证书"])
+
+    assert result.exit_code == 2
+    assert f"文件「{missing}」不存在" in result.output
+
+
+def test_import_invalid_kind_message(runner):
+    roster = ROSTER_DIR / "2024年度二级建造师考试合格人员名单.xlsx"
+
+    result = runner.invoke(args=["roster", "import", str(roster), "--kind", "证件"])
+
+    assert result.exit_code == 2
+    assert "证书类别「证件」无效，应为 证书 或 合格证明" in result.output

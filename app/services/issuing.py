@@ -512,9 +512,11 @@ def apply_batch(
         db.session.rollback()
         raise
     progress(total, total, "导入完成")
+    # The CLI writes its rows while planning, so `inserted` counts only the rows written by this step.
     logger.info(
-        "Batch %s (%s) confirmed by %s: %s inserted, %s corrections applied, counts %s",
-        batch.id, batch.filename, batch.uploaded_by, inserted, applied, counts,
+        "Batch %s (%s) confirmed by %s: %s certificates imported (%s inserted at confirmation), "
+        "%s corrections applied, counts %s",
+        batch.id, batch.filename, batch.uploaded_by, counts.get("imported", 0), inserted, applied, counts,
     )  # fmt: skip
     return ImportPlan(filename=batch.filename, sha256=batch.sha256, counts=counts, batch_id=batch.id,
                       notices=list(batch.notices or []))  # fmt: skip
