@@ -6,12 +6,18 @@ and drives Debian's headless Chromium (/usr/bin/chromium) through upload,
 preview, confirm, correction and revocation. Run from the repository root:
 
     .venv/bin/python docs/screenshots.py [--out docs/images]
+
+The pages name system fonts only, so Chromium needs a Chinese font
+installed (Debian: `apt-get install fonts-wqy-zenhei`); without one every
+Chinese character would be drawn as a box, and the script stops instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -130,7 +136,17 @@ def journey(base: str, out: Path) -> None:
         browser.close()
 
 
+def require_chinese_font() -> None:
+    """Exit with a message when fontconfig lists no font for Chinese, which the screenshots need."""
+    listed = ""
+    if shutil.which("fc-list"):
+        listed = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, check=False).stdout
+    if not listed.strip():
+        sys.exit("没有找到中文字体，截图中的中文会显示为方框：请先安装中文字体（apt-get install fonts-wqy-zenhei），再运行本脚本。")
+
+
 def main() -> None:
+    require_chinese_font()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder for the PNG files")
     args = parser.parse_args()

@@ -368,3 +368,37 @@ def test_csv_head_leaves_no_request_context(app, login_staff):
     assert not has_request_context()
     # A leaked context would lend the auditor's login to the next visitor.
     assert app.test_client().head("/admin/audit.csv").status_code == 303
+
+
+def test_audit_page_shows_chinese_values(app, staff_client):
+    add_entries(app, {
+        "actor": "alice", "action": "certificate.revoke", "target": "certificate:1", "detail": {"reason": "复核取消"},
+        "before": {"status": "valid", "revoked_at": None},
+        "after": {"status": "revoked", "revoked_at": "2026-12-05T04:11:01.263643+00:00"},
+        "at": datetime.now(timezone.utc),
+    })
+
+    html = staff_client.get("/admin/audit").get_data(as_text=True)
+
+    assert "状态：有效" in html
+    assert "状态：已撤销" in html
+    assert "撤销时间：2026-12-05 12:11:01" in html  # Beijing time, UTC+8
+    assert "原因：复核取消" in html
+    assert "status：" not in html
+    assert "+00:00" not in html
+
+
+def test_batch_times_in_beijing_time(app, staff_client, import_roster):
+    from app.models import ImportBatch
+
+    import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+    with app.app_context():
+        batch = db.session.scalar(select(ImportBatch).order_by(ImportBatch.id.desc()))
+        created = audit.local_time(batch.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        batch_id = batch.id
+
+    page = staff_client.get(f"/admin/batches/{batch_id}").get_data(as_text=True)
+    listing = staff_client.get("/admin/batches").get_data(as_text=True)
+
+    assert created in page
+    assert created in listing

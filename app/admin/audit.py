@@ -17,6 +17,41 @@ def local_time_filter(value: datetime | None) -> str:
     return audit.local_time(value).strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
+# Labels of the keys in audit details and before/after values; other keys are shown as stored.
+AUDIT_KEY_LABELS = {
+    "number": "证书编号", "name": "姓名", "gender": "性别", "id_type": "证件类型", "id_number": "证件号码",
+    "birth_month": "出生年月", "specialty": "专业", "level": "级别", "approval_date": "批准日期",
+    "layout": "证书版式", "certificate_layout": "证书版式", "status": "状态", "revoked_at": "撤销时间",
+    "revoke_reason": "撤销原因", "reason": "原因", "version": "版本", "filename": "文件名", "row": "行号",
+    "role": "角色", "active": "启用", "phone": "手机号码", "exam": "考试项目", "totp_enrolled": "已绑定动态验证码",
+    "batch": "批次", "bytes": "字节数", "include": "范围", "before": "修改前", "after": "修改后",
+}
+STATUS_TEXT = {"valid": "有效", "revoked": "已撤销"}
+ROLE_TEXT = {"admin": "管理员", "operator": "操作员", "auditor": "审计员"}
+
+
+@bp.app_template_filter("audit_label")
+def audit_label_filter(key: str) -> str:
+    return AUDIT_KEY_LABELS.get(key, key)
+
+
+@bp.app_template_filter("audit_value")
+def audit_value_filter(value, key: str):
+    """Return an audit value as staff read it: statuses, roles and yes/no in Chinese, times in the bureau's zone."""
+    if key == "status":
+        return STATUS_TEXT.get(value, value)
+    if key == "role":
+        return ROLE_TEXT.get(value, value)
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if key.endswith("_at") and isinstance(value, str):
+        try:
+            return local_time_filter(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value
+
+
 @bp.app_template_filter("action_label")
 def action_label_filter(action: str) -> str:
     return audit.ACTION_LABELS.get(action, action)
