@@ -27,7 +27,7 @@ AUDIT_KEY_LABELS = {
     "batch": "批次", "bytes": "字节数", "include": "范围", "before": "修改前", "after": "修改后",
 }
 STATUS_TEXT = {"valid": "有效", "revoked": "已撤销"}
-ROLE_TEXT = {"admin": "管理员", "operator": "操作员", "auditor": "审计员"}
+ROLE_TEXT = {"admin": "管理员", "operator": "业务经办", "auditor": "审计员"}
 
 
 @bp.app_template_filter("audit_label")
