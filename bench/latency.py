@@ -87,12 +87,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic certificates in the register")
     parser.add_argument("--rates", default="50,100,200,300,400,500", help="arrival rates to try, requests per second")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each rate step, in seconds")
+    parser.add_argument("--database", default="certbench_http",
+                        help="PostgreSQL database (dropped and recreated unless it holds --rows) or /tmp/NAME.db")
+    parser.add_argument("--port", type=int, default=PORT, help="port of the gunicorn server on 127.0.0.1")
     args = parser.parse_args()
 
     instance = scratch_instance()
-    url = prepare(args.db, args.rows, instance)
+    url = prepare(args.db, args.rows, instance, name=args.database)
     results = []
-    with gunicorn(url, instance, PORT) as base:
+    with gunicorn(url, instance, args.port) as base:
         asyncio.run(run_rate(base, 20, 3, args.rows, seed=0))  # warm-up
         for step, rate in enumerate(float(value) for value in args.rates.split(",")):
             results.append(asyncio.run(run_rate(base, rate, args.seconds, args.rows, seed=step + 1)))

@@ -66,10 +66,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=500, help="simulated users at the peak")
     parser.add_argument("--spawn-rate", type=float, default=50, help="users started per second")
     parser.add_argument("--hold", type=int, default=300, help="seconds at the peak")
+    parser.add_argument("--database", default="certbench_http",
+                        help="PostgreSQL database (dropped and recreated unless it holds --rows)")
+    parser.add_argument("--port", type=int, default=PORT, help="port of the gunicorn server on 127.0.0.1")
+    parser.add_argument("--redis-db", type=int, default=REDIS_DB, help="Redis database for the rate limits, emptied first")
     args = parser.parse_args()
 
     instance = scratch_instance()
-    url = prepare("postgresql", args.rows, instance)
+    url = prepare("postgresql", args.rows, instance, name=args.database)
     password = secrets.token_urlsafe(16)
     create_holders(url, instance, password)
     # PDFs are signed; the demo CA and signing key go into this run's instance folder.
@@ -77,16 +81,16 @@ def main() -> None:
         [sys.executable, "-m", "flask", "--app", "wsgi", "keys", "init", "--if-missing"],
         env=app_environment(url, instance), cwd=PROJECT_ROOT, check=True, capture_output=True,
     )  # fmt: skip
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-n", str(REDIS_DB), "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-n", str(args.redis_db), "flushdb"], check=True, capture_output=True)
 
     settings = {
         "CERT_RATELIMIT_ENABLED": "true",
-        "CERT_RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "CERT_RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:6379/{args.redis_db}",
         "CERT_PROXY_FIX_X_FOR": "1",
     }
     run_seconds = int(args.users / args.spawn_rate) + args.hold
     prefix = instance / "spike"
-    with gunicorn(url, instance, PORT, settings=settings) as base:
+    with gunicorn(url, instance, args.port, settings=settings) as base:
         env = dict(os.environ, BENCH_ROWS=str(args.rows), BENCH_QR_KEY=QR_KEY, BENCH_HOLDERS=str(HOLDERS),
                    BENCH_HOLDER_PASSWORD=password, PYTHONPATH=str(PROJECT_ROOT))  # fmt: skip
         command = [
