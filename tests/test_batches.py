@@ -638,3 +638,16 @@ def test_progress_writes_heartbeat_when_due(app, monkeypatch):
     assert quiet is None
     assert beat.heartbeat_at is not None
     assert beat.done == 2
+
+
+def test_preview_names_rejected_rows(app, staff_client, tmp_path):
+    row = person(1, ZHANG, "202421900001")
+    row[6] = "2099-01-01"  # approval date in the future: rejected before a record is built
+    batch_id = upload(staff_client, write_xlsx(tmp_path / "r.xlsx", [HEADER, row]))
+
+    html = staff_client.get(f"/admin/batches/{batch_id}").get_data(as_text=True)
+    rejected = html[html.index('class="outcome-rejected'):]
+    rejected = rejected[: rejected.index("</tr>")]
+
+    assert f"<td>{ZHANG[0]}</td>" in rejected
+    assert "<td>202421900001</td>" in rejected

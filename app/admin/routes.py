@@ -117,6 +117,7 @@ def batch(batch_id: int):
     return render_template(
         "admin/batch.html", batch=batch, rows=rows, pages=pages, page=page, job=job, progress=progress,
         error=error, form=ConfirmForm(), earlier_batch_id=_earlier_batch(batch), change_labels=CHANGE_LABELS,
+        identities=batches.rejected_identities(batch, rows),
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..domain.roster import RosterFileError
+from ..domain.roster_read import HEADER_SYNONYMS, NAME, NUMBER, escape_invisible, header_key
 from ..domain.sheet_scan import column_letters
 from ..extensions import db
 from ..models import AuditEntry, BatchRow, ImportBatch, Job, utcnow
@@ -297,6 +298,36 @@ def problem_rows(batch: ImportBatch, page: int) -> tuple[list[BatchRow], int]:
         select(BatchRow).where(condition).order_by(BatchRow.row).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
     ).all()
     return list(rows), pages
+
+
+def rejected_identities(batch: ImportBatch, rows: Iterable[BatchRow]) -> dict[int, tuple[str, str]]:
+    """Return (姓名, 证书编号) as written in the file for each rejected row of `rows` that has no record.
+
+    A row rejected before a record was built stores only its raw cells, so
+    the two columns are found by the batch's header labels, the way the
+    importer recognises them.
+    """
+    columns: dict[str, int] = {}
+    for index, label in enumerate(batch.header or []):
+        field = HEADER_SYNONYMS.get(header_key(label)) if isinstance(label, str) else None
+        if field in (NAME, NUMBER) and field not in columns:
+            columns[field] = index
+    identities = {}
+    for row in rows:
+        if row.outcome != REJECTED or not row.cells:
+            continue
+        identities[row.id] = (_cell_text(row.cells, columns.get(NAME)), _cell_text(row.cells, columns.get(NUMBER)))
+    return identities
+
+
+def _cell_text(cells: list, index: int | None) -> str:
+    if index is None or index >= len(cells) or cells[index] is None:
+        return ""
+    value = cells[index]
+    # Excel stores a typed certificate number as a float, such as 202421000001.0.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return escape_invisible(str(value))
 
 
 def batch_report_csv(batch: ImportBatch) -> str:
