@@ -16,8 +16,8 @@ from .web import hx_redirect, is_htmx, login_next
 SESSION_VERSION_KEY = "sv"
 
 # The loader runs on every logged-in request. The ID number and the password
-# hash are deferred, so a page that never shows them neither decrypts the
-# number nor fetches the hash; a page that does loads them on first access.
+# hash are deferred, so a page that never shows them skips decrypting and
+# fetching them. A page that does show them loads them on first access.
 _USER_QUERIES = {
     "staff": select(StaffUser).where(StaffUser.id == bindparam("user_id")),
     "holder": select(Holder)

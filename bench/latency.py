@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--rates", default="50,100,200,300,400,500", help="arrival rates to try, requests per second")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each rate step, in seconds")
     parser.add_argument("--database", default="certbench_http",
-                        help="PostgreSQL database (dropped and recreated unless it holds --rows) or /tmp/NAME.db")
+                        help="PostgreSQL database, or SQLite file /tmp/NAME.db, recreated unless it contains --rows certificates")
     parser.add_argument("--port", type=int, default=PORT, help="port of the gunicorn server on 127.0.0.1")
     args = parser.parse_args()
 

@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--spawn-rate", type=float, default=50, help="users started per second")
     parser.add_argument("--hold", type=int, default=300, help="seconds at the peak")
     parser.add_argument("--database", default="certbench_http",
-                        help="PostgreSQL database (dropped and recreated unless it holds --rows)")
+                        help="PostgreSQL database, dropped and recreated unless it contains --rows certificates")
     parser.add_argument("--port", type=int, default=PORT, help="port of the gunicorn server on 127.0.0.1")
     parser.add_argument("--redis-db", type=int, default=REDIS_DB, help="Redis database for the rate limits, emptied first")
     args = parser.parse_args()

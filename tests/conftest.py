@@ -160,6 +160,23 @@ def redis_available() -> bool:
         return False
 
 
+# Redis database the Redis tests use and empty before and after each test.
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+
+
+@pytest.fixture
+def redis_db():
+    """Return a client of TEST_REDIS_DB, emptied before and after the test; skip when Redis is not running."""
+    if not redis_available():
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=TEST_REDIS_DB)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
 def dispose_engines() -> None:
     """Close the pooled connections of every engine of the current app: on PostgreSQL lookups have their own."""
     from app.extensions import db

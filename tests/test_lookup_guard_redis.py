@@ -8,27 +8,13 @@ and skip when it is not running.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.conftest import dispose_engines, redis_available
+from tests.conftest import TEST_REDIS_DB, dispose_engines
 
 NUMBER = "202421000001"
 NAME = "田娟"
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
-
-
-@pytest.fixture
-def redis_db():
-    if not redis_available():
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
+REDIS_DB = TEST_REDIS_DB
 
 
 @pytest.fixture

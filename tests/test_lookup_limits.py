@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.conftest import dispose_engines, redis_available
+from tests.conftest import TEST_REDIS_DB, dispose_engines, redis_available
 
 NUMBER = "202421000001"
 NAME = "田娟"
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))  # flushed before and after, as in test_security_lookup.py
+REDIS_DB = TEST_REDIS_DB
 
 
 def _limited_app(app, **overrides):
@@ -49,18 +47,6 @@ def test_second_limit_of_lookup_rate_limit_holds(app, restore_limiter):
         dispose_engines()
     assert statuses[:3] != [429] * 3
     assert statuses[3] == 429, statuses
-
-
-@pytest.fixture
-def redis_db():
-    if not redis_available():
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 @pytest.mark.parametrize("path", ["/verify", "/api/v1/verify"])

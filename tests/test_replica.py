@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pyotp
 import pytest
 from flask_migrate import upgrade
 from sqlalchemy import func, select
@@ -17,9 +18,9 @@ from sqlalchemy import func, select
 from app import create_app
 from app.extensions import db
 from app.models import Certificate, LookupEvent
-from app.services import batches, events, lookup, records
+from app.services import accounts, batches, events, lookup, records
 
-from .conftest import QR_KEY, ROSTER_DIR
+from .conftest import QR_KEY, ROSTER_DIR, STAFF_PASSWORD, STAFF_TOTP_SECRET, csrf_token
 
 SAFETY_ROSTER = "2024年度初级注册安全工程师考试合格人员.xlsx"
 # First data row of the safety roster.
@@ -139,3 +140,23 @@ def test_lookup_engine_takes_pool_settings(tmp_path, monkeypatch):
     assert pool._recycle == 1800
     assert pool._pre_ping is False
     assert main_pool._pre_ping is True
+
+
+def test_revoke_hint_matches_replica_delay(replica_app):
+    app, _primary, _replica = replica_app
+    with app.app_context():
+        accounts.create_staff("replica1", "admin", STAFF_PASSWORD, actor="test", totp_secret=STAFF_TOTP_SECRET)
+        certificate_id = db.session.scalar(select(Certificate.id).order_by(Certificate.id).limit(1))
+    client = app.test_client()
+    page = client.get("/admin/login").get_data(as_text=True)
+    client.post("/admin/login", data={"username": "replica1", "password": STAFF_PASSWORD, "csrf_token": csrf_token(page)})
+    page = client.get("/admin/login/totp").get_data(as_text=True)
+    code = pyotp.TOTP(STAFF_TOTP_SECRET).now()
+    assert client.post("/admin/login/totp", data={"code": code, "csrf_token": csrf_token(page)}).status_code == 303
+
+    html = client.get(f"/admin/certificates/{certificate_id}").get_data(as_text=True)
+
+    assert "撤销" in html
+    # Lookups read the replica, which shows a revocation once it has replayed it,
+    # so the hint above the form must not promise that the lookup pages change at once.
+    assert "查验接口和持证人的证书列表会立即显示" not in html

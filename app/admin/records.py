@@ -133,10 +133,10 @@ def revoke(certificate_id: int):
         return _record_page(certificate, revoke=form, status=422)
     if current_app.config["LOOKUP_DATABASE_URL"]:
         # Lookups read a streaming standby, which shows the change once it has replayed it.
-        shown = "查验页面、二维码和接口读取只读副本，副本同步后（通常不到 1 秒）显示“已撤销”。"
+        visibility = "查验页面、二维码和接口读取只读副本，副本同步后（通常不到 1 秒）显示“已撤销”。"
     else:
-        shown = "查验页面、二维码和接口即刻显示“已撤销”。"
-    flash(f"已撤销证书「{certificate.number}」。{shown}", "success")
+        visibility = "查验页面、二维码和接口即刻显示“已撤销”。"
+    flash(f"已撤销证书「{certificate.number}」。{visibility}", "success")
     return redirect(url_for(".certificate", certificate_id=certificate.id), 303)
 
 

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def lookup_limit(view):
-    """Count each request against the address's LOOKUP_RATE_LIMIT counter, and answer 429 past the limit.
+    """Count each request against the address's LOOKUP_RATE_LIMIT counter, and return 429 past the limit.
 
     /verify, /verify/file and the API share the counter. /verify and the API
     count themselves in lookup_guard.check_lookup instead, which reads the
