@@ -196,8 +196,9 @@ def _session_pdf_source(number: str) -> PdfSource | None:
     current, ownership, not revoked) without loading the holder. Any other
     case returns None: no holder in the session, a session identifier that
     does not match this client (Flask-Login's session protection), a number
-    that is not theirs. The caller then takes the full path, which redirects to the login or returns 403 or 404, and logs the reason. The idle and absolute
-    session limits have already run in `security.expire_session`.
+    that is not theirs. The caller then takes the full path, which redirects
+    to the login or returns 403 or 404, and logs the reason. The idle and
+    absolute session limits have already run in `security.expire_session`.
     """
     user_id, version = session.get("_user_id"), session.get(SESSION_VERSION_KEY)
     prefix, _, raw_id = user_id.partition(":") if isinstance(user_id, str) else ("", "", "")

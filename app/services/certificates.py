@@ -178,7 +178,7 @@ def session_owned_pdf_source(number: str, holder_id: int, session_version: int) 
     One query replaces loading the holder and then checking ownership. It
     returns None when the holder is gone, the version has moved on (a logout
     or password change elsewhere), or the number is missing, revoked or
-    someone else's; the caller then takes the full path, which
+    someone else's. The caller then takes the full path, which
     distinguishes these cases.
     """
     row = db.session.connection().execute(
