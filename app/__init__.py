@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask
+from sqlalchemy.engine import URL
 
 from .extensions import babel, csrf, db, limiter, login_manager, migrate
 
@@ -17,6 +18,16 @@ logger = logging.getLogger(__name__)
 
 class ConfigurationError(RuntimeError):
     """Raised when required settings are missing. The message names them and the fix."""
+
+
+def with_hidden_parameters(engine_options: Mapping[str, Any]) -> dict:
+    """Return a copy of `engine_options` with hide_parameters set.
+
+    SQLAlchemy otherwise writes a failed statement's bound values (names,
+    mobile numbers, ID numbers) into the exception message, which the 500
+    incident line logs. The option is set over any value a deployment gives.
+    """
+    return {**engine_options, "hide_parameters": True}
 
 
 def _lookup_bind(url: str, engine_options: Mapping[str, Any]) -> str | dict:
@@ -79,11 +90,12 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
 
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "certificates.db")
+    # A copy: the default dict lives in app.config and is shared by every app in this process.
+    engine_options = with_hidden_parameters(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # Writers wait for each other instead of failing with "database is locked".
-        # A copy: the default dict lives in app.config and is shared by every app in this process.
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
+        engine_options.setdefault("connect_args", {"timeout": 30})
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
     lookup_url = app.config.get("LOOKUP_DATABASE_URL")
     if lookup_url or str(app.config["SQLALCHEMY_DATABASE_URI"]).startswith("postgresql"):
         # Flask-SQLAlchemy creates one engine per bind; lookup.lookup_engine picks this one.
@@ -93,6 +105,12 @@ def configure_settings(app: Flask, config: Mapping[str, Any] | None) -> None:
         options = app.config["SQLALCHEMY_ENGINE_OPTIONS"] if primary_url.startswith("postgresql") else {}
         binds["lookup"] = _lookup_bind(str(lookup_url or primary_url), options)
         app.config["SQLALCHEMY_BINDS"] = binds
+    if app.config.get("SQLALCHEMY_BINDS"):
+        # Flask-SQLAlchemy gives binds none of SQLALCHEMY_ENGINE_OPTIONS, so each bind gets the option itself.
+        app.config["SQLALCHEMY_BINDS"] = {
+            name: with_hidden_parameters({"url": bind} if isinstance(bind, (str, URL)) else bind)
+            for name, bind in app.config["SQLALCHEMY_BINDS"].items()
+        }
     if app.config.get("TESTING"):
         # Fixed keys, so test and benchmark databases stay readable across runs.
         app.config["ID_NUMBER_KEY"] = app.config.get("ID_NUMBER_KEY") or "test-id-number-key-not-for-production"

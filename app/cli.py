@@ -12,6 +12,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from . import PROJECT_ROOT
+from .cli_errors import CommandError
 from .domain.catalogue import KIND_CERTIFICATE, KIND_PASS, Catalogue
 from .domain.documents import MissingGlyphError
 from .domain.roster import RosterFileError, guess_from_filename
@@ -63,12 +64,12 @@ def generate_password() -> str:
 def create_staff(username: str, role: str, generate: bool) -> None:
     """Create a staff account; the password is prompted for, or generated and printed once."""
     if db.session.scalar(select(StaffUser.id).where(StaffUser.username == username)):
-        raise click.ClickException(f"用户名「{username}」已存在，请换一个用户名。")
+        raise CommandError(f"用户名「{username}」已存在，请换一个用户名。")
 
     password = generate_password() if generate else click.prompt("密码", hide_input=True, confirmation_prompt="确认密码")
     problem = accounts.staff_password_problem(password)
     if problem:
-        raise click.ClickException(problem)
+        raise CommandError(problem)
 
     accounts.create_staff(username, role, password, actor="cli")
     click.echo(f"已创建工作人员账号 {username}（角色 {role}）。")
@@ -124,7 +125,7 @@ def import_roster(
         missing = None
         if chosen_exam is None or chosen_kind is None:
             missing = _missing_choice(file, chosen_exam, chosen_kind, catalogue)
-        raise click.ClickException(missing or error.reason) from error
+        raise CommandError(missing or error.reason) from error
 
     if report:
         body = plan.report if batch is None else batches.batch_report_csv(batch)
@@ -207,11 +208,11 @@ def render_certificate(number: str, out: Path) -> None:
     _check_output_path(out)
     certificate = db.session.scalar(select(Certificate).where(Certificate.number == normalise_number(number)))
     if certificate is None:
-        raise click.ClickException(f"证书编号「{number}」不存在。")
+        raise CommandError(f"证书编号「{number}」不存在。")
     try:
         pdf = certificate_pdf(certificate)
     except MissingGlyphError as error:
-        raise click.ClickException(f"{error}。请先更正姓名或安装覆盖该字符的字体。") from error
+        raise CommandError(f"{error}。请先更正姓名或安装覆盖该字符的字体。") from error
     out.write_bytes(pdf)
     click.echo(f"已生成 {out}")
 
@@ -219,7 +220,7 @@ def render_certificate(number: str, out: Path) -> None:
 def _check_output_path(path: Path) -> None:
     """Reject an output path whose folder is missing, before any work is done."""
     if not path.parent.is_dir():
-        raise click.ClickException(f"输出目录「{path.parent}」不存在，请先创建该目录或换一个路径。")
+        raise CommandError(f"输出目录「{path.parent}」不存在，请先创建该目录或换一个路径。")
 
 
 @click.command("demo")

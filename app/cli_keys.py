@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from . import id_numbers
+from .cli_errors import CommandError
 from .domain import crypto, signing
 from .extensions import db
 from .services.certificates import signing_keys
@@ -37,14 +38,14 @@ def init_keys(force: bool, if_missing: bool) -> None:
     demo_layout = (keys.key_file.name == signing.KEY_FILE and keys.cert_file == directory / signing.CERT_FILE
                    and keys.ca_files == (directory / signing.CA_FILE,))
     if not demo_layout:
-        raise click.ClickException(
+        raise CommandError(
             "配置的 SIGNING_KEY_FILE、SIGNING_CERT_FILE、SIGNING_CA_FILES 不是演示密钥的默认文件名，keys init 只生成演示密钥；"
             "正式部署请自行安装密钥和证书，不要运行本命令。"
         )
     try:
         created = signing.generate_demo_keys(directory, force=force)
     except signing.KeysExistError as error:
-        raise click.ClickException(str(error)) from error
+        raise CommandError(str(error)) from error
     click.echo(f"已生成演示 CA 和签名证书：{created.cert_file}（私钥 {created.key_file}，CA 证书 {created.ca_files[0]}）。")
     click.echo("这套密钥只用于演示；正式部署请安装本单位的签名证书，见 README 的 Signing keys 一节。")
 
@@ -66,7 +67,7 @@ def rotate_id_key(check: bool, chunk: int) -> None:
 
     unknown = sorted({key for counts in survey.values() for key in counts if key not in ring.key_ids and key != "v1"})
     if unknown:
-        raise click.ClickException(
+        raise CommandError(
             f"有值由密钥编号 {'、'.join(unknown)} 加密，但该密钥既不是当前的 ID_NUMBER_KEY（编号 {ring.current_id}），"
             "也不在 ID_NUMBER_OLD_KEYS 中：请把轮换前的 ID_NUMBER_KEY 加入 ID_NUMBER_OLD_KEYS 后重试。未做任何改动。"
         )
@@ -83,7 +84,7 @@ def rotate_id_key(check: bool, chunk: int) -> None:
         try:
             done = rotate_column(column, ring, chunk)
         except crypto.DecryptionError as error:
-            raise click.ClickException(
+            raise CommandError(
                 f"{column.table.name}.{column.name} 中有值无法用已配置的密钥解密（{error}）："
                 "请核对 ID_NUMBER_OLD_KEYS 后重新运行。已提交的部分保持新密钥加密，重新运行会从剩下的值继续。"
             ) from error
@@ -195,7 +196,7 @@ def rotate_hash_key() -> None:
                     db.session.execute(statement, updates)
                 except sa.exc.IntegrityError as error:
                     db.session.rollback()
-                    raise click.ClickException(
+                    raise CommandError(
                         "holder 表中有两个账号的证件类型和证件号码相同（很可能是在更换 ID_HASH_KEY 之后、本命令完成之前注册的），"
                         "无法重新计算查询哈希。未做任何改动：请先停止应用，在数据库中核对并合并重复的账号后重新运行。"
                     ) from error

@@ -8,6 +8,7 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
+from .cli_errors import CommandError
 from .services import backup as backup_service
 
 
@@ -24,7 +25,7 @@ def backup_command(out_dir: Path | None) -> None:
     try:
         path = backup_service.backup(out_dir)
     except backup_service.BackupError as error:
-        raise click.ClickException(str(error)) from error
+        raise CommandError(str(error)) from error
     click.echo(f"已备份到 {path}（{path.stat().st_size} 字节）。")
 
 
@@ -33,14 +34,22 @@ def backup_command(out_dir: Path | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="目标数据库中已有数据时仍然用备份覆盖它。")
 def restore_command(file: Path, force: bool) -> None:
-    """Replace the database with a backup written by `backup`."""
+    """Replace the database with a backup written by `backup`, warning when its schema is not the code's.
+
+    The restore leaves the schema as the backup has it and still exits with
+    status 0, because the data are restored exactly. Migrating is left to
+    `db upgrade`, which the operator runs after checking the restored copy.
+    """
     try:
         digests = backup_service.restore(file, force=force)
     except backup_service.BackupError as error:
-        raise click.ClickException(str(error)) from error
+        raise CommandError(str(error)) from error
     click.echo(f"已从 {file} 恢复数据库。各表行数：")
     for table, digest in digests.items():
         click.echo(f"  {table}: {digest.rows}")
+    warning = backup_service.schema_warning()
+    if warning:
+        click.echo(f"警告：{warning}", err=True)
 
 
 def register(app: Flask) -> None:

@@ -12,6 +12,7 @@ QR_TOKEN_KEYS: list[str] = []
 
 # None means SQLite in the instance folder (filled in by create_app).
 SQLALCHEMY_DATABASE_URI = None
+# create_app adds hide_parameters=True to these and to every bind's options, so logs get no bound values.
 SQLALCHEMY_ENGINE_OPTIONS: dict = {}
 # A read replica for the anonymous lookups (/verify, /v/<token>, the JSON API), e.g. a
 # PostgreSQL streaming standby. None means the lookups read the primary database. Every

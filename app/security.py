@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import time
 
-from flask import Flask, Response, request, session
+from flask import Flask, Response, current_app, request, session
 from flask_login import logout_user
 
 from .domain.id_number_text import mask_id_numbers_in_text
@@ -20,12 +22,36 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+
+
+def content_security_policy(**directives: str) -> str:
+    """Return CONTENT_SECURITY_POLICY with the named directives replaced (frame_src names frame-src)."""
+    replaced = {name.replace("_", "-"): value for name, value in directives.items()}
+    parts = []
+    for directive in CONTENT_SECURITY_POLICY.split("; "):
+        name = directive.split(" ", 1)[0]
+        parts.append(f"{name} {replaced.pop(name)}" if name in replaced else directive)
+    parts.extend(f"{name} {value}" for name, value in replaced.items())
+    return "; ".join(parts)
+
+
+# The holder's print page embeds the inline PDF with <object>. Only these two
+# responses relax the policy: the page may load a same-origin object (frame-src
+# falls back to default-src 'self'), and the inline PDF may be embedded by a
+# page of this site. Attachment downloads and every other page keep 'none'/DENY.
+PRINT_PAGE_HEADERS = {"Content-Security-Policy": content_security_policy(object_src="'self'")}
+EMBEDDED_PDF_HEADERS = {
+    "Content-Security-Policy": content_security_policy(frame_ancestors="'self'"),
+    "X-Frame-Options": "SAMEORIGIN",
+}
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Same-origin requests keep their Referer: over HTTPS, Flask-WTF's CSRF check requires one
+    # from this site. Other sites get none, so lookup URLs (with names) never leave the site.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
@@ -66,8 +92,9 @@ def configure_security(app: Flask) -> None:
 
     @app.after_request
     def add_security_headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+        # One pass over the headers a view set, rather than a setdefault per header, each of which scans the list.
+        present = {name.lower() for name, _ in response.headers}
+        response.headers.extend([(name, value) for name, value in SECURITY_HEADERS.items() if name.lower() not in present])
         if request.endpoint != "static":
             # Pages show personal data or per-user state, and PDFs are personal: keep them out of every cache.
             response.headers["Cache-Control"] = "no-store"
@@ -141,7 +168,7 @@ def reject_nul_characters():
         return None
     label, value = found
     echoed_value = "" if value is None else "「%s」" % value.replace("\x00", "\\x00")[:60]
-    logger.warning("Rejected a NUL character in field %s on %s %s", label, request.method, request.path)
+    logger.warning("Rejected a NUL character in field %s on %s %s", label, request.method, redact_path(request.path))
     from .errors import input_error
 
     return input_error(
@@ -158,8 +185,70 @@ _CONTROL = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"})
 
 
 def sanitise(message: str) -> str:
-    """Mask whole ID numbers and escape line breaks, so a log line cannot be forged or leak identities."""
-    return mask_id_numbers_in_log(message).translate(_CONTROL)
+    """Redact `message` with redact_log_text and escape line breaks, so a log line cannot be forged or leak identities."""
+    return redact_log_text(message).translate(_CONTROL)
+
+
+def redact_log_text(text: str) -> str:
+    """Mask whole ID numbers, cut QR tokens and drop PostgreSQL's DETAIL and CONTEXT lines, keeping line breaks."""
+    return redact_qr_tokens(drop_database_error_details(mask_id_numbers_in_log(text)))
+
+
+# PostgreSQL error lines that quote row values: "DETAIL:  Failing row contains (…)", "Key (phone)=(…) already
+# exists", and "CONTEXT:  COPY lookup_event, line 1: …". hide_parameters on the engines does not cover them,
+# because they are part of the server's error message.
+_DATABASE_ERROR_DETAIL = re.compile(r"^(DETAIL|CONTEXT):[^\n]*", re.MULTILINE)
+
+
+def drop_database_error_details(text: str) -> str:
+    """Return `text` with each PostgreSQL DETAIL and CONTEXT line replaced by a note that it was left out.
+
+    NOTE: a quoted value that contains a line break continues on the next line, which stays.
+    """
+    if "DETAIL:" not in text and "CONTEXT:" not in text:
+        return text
+    return _DATABASE_ERROR_DETAIL.sub(r"\1: (left out of the log, because it can quote row values)", text)
+
+
+# Characters of a QR token kept in logs: enough to tell codes apart, too few to open a certificate's page.
+QR_TOKEN_KEPT = 6
+# The token of a /v/<token> path anywhere in a text, up to a space, a quote, a query string or a fragment.
+_QR_TOKEN_TAIL = re.compile(r"(/v/[^\s'\"?#]{%d})[^\s'\"?#]+" % QR_TOKEN_KEPT)
+
+
+def redact_path(path: str) -> str:
+    """Return a request path for a log line: the token of /v/<token> cut to its first 6 characters."""
+    if path.startswith("/v/") and len(path) > 3 + QR_TOKEN_KEPT:
+        return path[: 3 + QR_TOKEN_KEPT] + "..."
+    return path
+
+
+def redact_qr_tokens(text: str) -> str:
+    """Return `text` with every /v/<token> cut as `redact_path` cuts it, wherever the path appears in the text.
+
+    A whole token opens the certificate's public page, so it must not reach a
+    log. The sanitiser applies this to every record, which covers lines that
+    quote request.path without `redact_path` (the 500 incident line, the CSRF
+    failure line) and library lines such as Werkzeug's request log.
+    """
+    if "/v/" not in text:
+        return text
+    return _QR_TOKEN_TAIL.sub(r"\1...", text)
+
+
+def login_name_for_log(name: str, *, known: bool) -> str:
+    """Return a typed user name as a log line may show it.
+
+    The name of an existing account is shown as typed (at most 50 characters).
+    Any other name may be a password typed into the wrong field, so it is shown
+    only as its length and 8 hex digits of an HMAC (SECRET_KEY). Repeated
+    attempts with one name still show the same digest, so they can be counted.
+    """
+    if known:
+        return repr(name[:50])
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    digest = hmac.new(key, b"log:login-name:" + name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"an unknown user name ({len(name)} characters, HMAC {digest[:8]})"
 
 
 _traceback_formatter = logging.Formatter()
@@ -177,16 +266,16 @@ def mask_id_numbers_in_log(text: str) -> str:
 
 
 def sanitise_traceback(record: logging.LogRecord) -> None:
-    """Format the record's exception and stack text now, with ID numbers masked.
+    """Format the record's exception and stack text now, redacted by `redact_log_text`.
 
     logging.Formatter.format reuses record.exc_text when it is set, so every
     handler's formatter prints this masked text instead of formatting exc_info
     again. A handler that reads record.exc_info itself bypasses this.
     """
     if record.exc_info and not record.exc_text:
-        record.exc_text = mask_id_numbers_in_log(_traceback_formatter.formatException(record.exc_info))
+        record.exc_text = redact_log_text(_traceback_formatter.formatException(record.exc_info))
     if record.stack_info:
-        record.stack_info = mask_id_numbers_in_log(record.stack_info)
+        record.stack_info = redact_log_text(record.stack_info)
 
 
 _installed = False

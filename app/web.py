@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import flask_babel
 from babel import Locale
-from flask import Flask, Response, g, has_app_context, request
+from flask import Flask, Response, has_app_context, request
 from jinja2 import pass_context, pass_eval_context
 from markupsafe import Markup
 
@@ -64,7 +64,7 @@ def configure_templates(app: Flask) -> None:
     app.jinja_env.filters["cn_month"] = cn_month
     app.jinja_env.globals["is_htmx"] = is_htmx
     app.jinja_env.globals["cached_fragment"] = cached_fragment
-    app.jinja_env.extend(fragment_cache={})
+    app.jinja_env.extend(fragment_cache={}, site_translations=None)
     # Replaces the callables Flask-Babel installed, so this must run after babel.init_app.
     # Set directly rather than through install_gettext_callables: its newstyle
     # wrappers, and the `_` alias of jinja2.ext.i18n, send every `_()` through
@@ -75,7 +75,10 @@ def configure_templates(app: Flask) -> None:
     @app.after_request
     def vary_on_htmx(response: Response) -> Response:
         # Pages and their fragments share URLs, so caches must key on the header.
-        response.vary.add("HX-Request")
+        if "Vary" in response.headers:
+            response.vary.add("HX-Request")
+        else:
+            response.headers["Vary"] = "HX-Request"
         return response
 
 
@@ -89,21 +92,21 @@ def default_locale_selector(app: Flask):
     return lambda: locale
 
 
-def request_translations():
-    """Return Flask-Babel's translations for this request, looked up once per application context.
+def site_translations(environment):
+    """Return the translations of the site's one language, loaded once per app.
 
-    Flask-Babel's own template callables resolve the domain and the locale
-    again for every `_()` call. The full /verify page has about 30 of them,
-    and they took about a quarter of its rendering CPU time (measured on the
-    2-core benchmark VM).
-    NOTE: the cached object ignores a locale switched mid-request with
+    The locale is fixed (default_locale_selector), so the translations are
+    too. Looking them up through Flask-Babel in each request, and through the
+    application context for every `_()` call, took about a tenth of the CPU
+    time of an htmx lookup (in-process, on the 2-core benchmark VM).
+    NOTE: the cached object ignores a locale switched with
     flask_babel.force_locale; nothing in the app does that.
     """
-    if not has_app_context():
-        return flask_babel.get_translations()
-    translations = g.get("_template_translations")
+    translations = environment.site_translations
     if translations is None:
-        translations = g._template_translations = flask_babel.get_translations()
+        translations = flask_babel.get_translations()
+        if has_app_context():
+            environment.site_translations = translations
     return translations
 
 
@@ -122,7 +125,7 @@ def cached_fragment(context, name: str, caller) -> Markup:
     2-core benchmark VM), and the layout around the /verify form has about 20.
     """
     fragments = context.environment.fragment_cache
-    key = (name, request_translations(), request.script_root)
+    key = (name, site_translations(context.environment), request.script_root)
     html = fragments.get(key)
     if html is None:
         html = caller()
@@ -138,7 +141,7 @@ def template_gettext(eval_context, string: str, /, **variables) -> str:
     As in Jinja's own newstyle gettext, the string is a format string even
     without variables, so "100%%" shows as "100%".
     """
-    text = request_translations().ugettext(string)
+    text = site_translations(eval_context.environment).ugettext(string)
     if eval_context.autoescape:
         text = Markup(text)
     return text % variables if variables or "%" in text else text
@@ -148,7 +151,7 @@ def template_gettext(eval_context, string: str, /, **variables) -> str:
 def template_ngettext(eval_context, singular: str, plural: str, number: int, /, **variables) -> str:
     """Jinja's newstyle `ngettext()`, with `num` set to the number as Jinja does."""
     variables.setdefault("num", number)
-    text = request_translations().ungettext(singular, plural, number)
+    text = site_translations(eval_context.environment).ungettext(singular, plural, number)
     if eval_context.autoescape:
         text = Markup(text)
     return text % variables

@@ -2,8 +2,10 @@
 
 Names are drawn from common characters, ID numbers are made-up 18-character
 resident IDs with correct check digits (region 500101, a birth date between
-1960 and 1999 and a sequence), and certificate numbers are unique. No row
-describes a real person.
+1960 and 1999 and a sequence), and certificate numbers are unique. Some ID
+numbers are drawn twice (314 in 100,000 rows with the default seed). Such a
+row keeps the name of the first, as one person with two certificates, because
+the import rejects an ID number under two names. No row describes a real person.
 
     .venv/bin/python bench/make_roster.py bench/out/roster-100k.xlsx --rows 100000
 """
@@ -43,9 +45,11 @@ def write_roster(path: Path, rows: int, seed: int = 2024) -> Path:
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet("合格人员")
     sheet.append(HEADER)
+    names: dict[str, str] = {}
     for index in range(1, rows + 1):
         id_number, gender, born = synthetic_id(rng, index)
         name = rng.choice(SURNAMES) + "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2))))
+        name = names.setdefault(id_number, name)
         sheet.append([
             index, name, gender, id_number, f"{born:%Y-%m}", rng.choice(SPECIALTIES),
             date(2023, 1, 1) + timedelta(days=rng.randrange(700)), f"B2024{index:08d}",

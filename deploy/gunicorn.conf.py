@@ -6,8 +6,10 @@ GUNICORN_WORKERS, ...), so the systemd unit's environment file tunes one
 server without editing this file.
 """
 
+import logging
 import multiprocessing
 import os
+import re
 
 from gunicorn import glogging
 
@@ -17,7 +19,7 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-# nginx proxies to this address; keep it on loopback (or a Unix socket: "unix:/run/certificates/gunicorn.sock").
+# nginx proxies to this address; keep it on loopback, or on an address only nginx can reach.
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 
 # Sync workers: each lookup is a short CPU-bound request. Two per core plus one
@@ -54,7 +56,12 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"
 
 
 class RedactingLogger(glogging.Logger):
-    """gunicorn's logger with QR tokens cut from paths and no query-string atoms."""
+    """gunicorn's logger with QR tokens cut from paths and no query strings, in the access log and the error log."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        # The error log quotes request lines too, e.g. "Invalid HTTP request line: 'GET /api/v1/verify?number=…'".
+        self.error_log.addFilter(redact_record)
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
@@ -70,6 +77,25 @@ def redact_path(path: str) -> str:
     if path.startswith("/v/"):
         return "/v/" + path[3:9] + "..."
     return path
+
+
+# A query string (up to a space or a quote), and the part of a QR token after its first 6 characters.
+_QUERY = re.compile(r"\?[^\s'\"]*")
+_TOKEN_TAIL = re.compile(r"(/v/[^\s'\"/?]{0,6})[^\s'\"/?]*")
+
+
+def redact_text(text: str) -> str:
+    """Return `text` with every query string replaced by "?-" and every QR token cut to its first 6 characters."""
+    return _TOKEN_TAIL.sub(r"\1...", _QUERY.sub("?-", text))
+
+
+def redact_record(record: logging.LogRecord) -> bool:
+    """Logging filter: rewrite the record's message with redact_text; never drops a record."""
+    message = record.getMessage()
+    redacted = redact_text(message)
+    if redacted != message:
+        record.msg, record.args = redacted, ()
+    return True
 
 
 logger_class = RedactingLogger

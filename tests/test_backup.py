@@ -175,3 +175,78 @@ def test_backup_while_writing(app, import_roster, runner, tmp_path):
     finally:
         drop_scratch_database(url)
     assert count in {0, 5600}
+
+
+def test_restore_truncated_backup_rejected(drill, restore_target, tmp_path):
+    """A backup cut short (a full disk, an interrupted copy) is rejected with a message, and the data stay."""
+    _expected, path, result = drill
+    assert result.exit_code == 0, result.output
+    with restore_target.app_context():
+        before = backup.table_digests()
+    truncated = tmp_path / f"truncated{path.suffix}"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    result = restore_target.test_cli_runner().invoke(args=["restore", "--force", str(truncated)])
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), f"restore crashed with {result.exception!r}"
+    assert "备份" in result.output
+    assert "Traceback" not in result.output
+    with restore_target.app_context():
+        assert backup.table_digests() == before
+
+
+def test_restore_current_schema_no_warning(drill):
+    _expected, _path, result = drill
+    assert result.exit_code == 0, result.output
+    assert "db upgrade" not in result.output
+    assert "警告" not in result.output
+
+
+def _backup_at_revision(app, tmp_path, revision: str, version_num: str | None = None) -> Path:
+    """Write a backup of a database migrated to `revision`, its alembic_version then set to `version_num` if given."""
+    from flask_migrate import upgrade
+
+    url = create_scratch_database(tmp_path, "old_schema")
+    source = scratch_app(url, migrate=False, keys_from=app)
+    try:
+        with source.app_context():
+            upgrade(revision=revision)
+            if version_num is not None:
+                db.session.execute(db.text("UPDATE alembic_version SET version_num = :v"), {"v": version_num})
+                db.session.commit()
+        return _backup_file(source.test_cli_runner(), tmp_path / "backups")
+    finally:
+        with source.app_context():
+            db.session.remove()
+            dispose_engines()
+        drop_scratch_database(url)
+
+
+def test_restore_old_schema_warns(app, restore_target, tmp_path):
+    """A backup from before the latest migration restores, exits 0 and warns the operator to run `db upgrade`."""
+    from flask_migrate import upgrade
+
+    path = _backup_at_revision(app, tmp_path, "0005")
+
+    result = restore_target.test_cli_runner().invoke(args=["restore", str(path)])
+
+    assert result.exit_code == 0, result.output
+    assert "警告：" in result.output
+    assert "0005" in result.output
+    assert "flask --app wsgi db upgrade" in result.output
+    with restore_target.app_context():
+        upgrade()
+        assert backup.schema_warning() is None
+
+
+def test_restore_newer_schema_warns(app, restore_target, tmp_path):
+    """A backup whose revision the code does not know came from a newer release, so `db upgrade` is the wrong advice."""
+    path = _backup_at_revision(app, tmp_path, "head", version_num="9999")
+
+    result = restore_target.test_cli_runner().invoke(args=["restore", str(path)])
+
+    assert result.exit_code == 0, result.output
+    assert "9999" in result.output
+    assert "更新版本的程序" in result.output
+    assert "不要在当前版本" in result.output

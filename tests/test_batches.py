@@ -651,3 +651,123 @@ def test_preview_names_rejected_rows(app, staff_client, tmp_path):
 
     assert f"<td>{ZHANG[0]}</td>" in rejected
     assert "<td>202421900001</td>" in rejected
+
+
+# --- An ID number already on record under another name ----------------------
+
+ZHANG_RENAMED = ["张玮", *ZHANG[1:]]
+
+
+def test_id_number_under_other_name_rejected(app, staff_client, tmp_path, stored_zhang):
+    path = write_xlsx(tmp_path / "second.xlsx", [HEADER, person(1, ZHANG_RENAMED, "202421900002")])
+    batch_id = upload(staff_client, path, "second.xlsx")
+
+    row = batch_rows(app, batch_id)[2]
+    html = batch_page(staff_client, batch_id)
+    confirm(staff_client, batch_id)
+
+    assert row.outcome == "rejected"
+    assert row.reason.startswith("第 2 行：证件号码 5001**********1232 已登记在姓名「张伟」名下")
+    assert "与本行姓名「张玮」不一致" in row.reason
+    assert "更正" in row.reason
+    assert ZHANG[2] not in row.reason
+    assert "已登记在姓名「张伟」名下" in html
+    assert count(app, Certificate) == 1
+
+
+def test_renamed_holder_imported_after_correction(app, staff_client, tmp_path, stored_zhang):
+    from app.services import records
+
+    with app.app_context():
+        certificate = db.session.scalar(select(Certificate))
+        values = {key: value or "" for key, value in records.snapshot(certificate).items()}
+        values["name"] = ZHANG_RENAMED[0]
+        records.correct(certificate, values, reason="持证人已改名，核对户口簿后更正", actor="test")
+    path = write_xlsx(tmp_path / "second.xlsx", [HEADER, person(1, ZHANG_RENAMED, "202421900002")])
+    batch_id = upload(staff_client, path, "second.xlsx")
+
+    confirm(staff_client, batch_id)
+
+    assert batch_rows(app, batch_id)[2].outcome == "imported"
+    assert count(app, Certificate) == 2
+
+
+def test_name_change_of_stored_number_offered(app, staff_client, tmp_path, stored_zhang):
+    """A row with the stored certificate number is a correction candidate, so the other-name rule leaves it alone."""
+    path = write_xlsx(tmp_path / "second.xlsx", [HEADER, person(1, ZHANG_RENAMED, "202421900001")])
+    batch_id = upload(staff_client, path, "second.xlsx")
+
+    row = batch_rows(app, batch_id)[2]
+
+    assert row.outcome == "changed"
+    assert row.changes == {"name": ["张伟", "张玮"]}
+
+
+def test_confirm_rejects_name_registered_since_preview(app, runner, staff_client, tmp_path):
+    """Another batch may store the ID number under another name between preview and confirm."""
+    waiting = write_xlsx(tmp_path / "waiting.xlsx", [HEADER, person(1, ZHANG_RENAMED, "202421900002")])
+    batch_id = upload(staff_client, waiting, "waiting.xlsx")
+    assert batch_rows(app, batch_id)[2].outcome == "imported"
+    first = write_xlsx(tmp_path / "first.xlsx", [HEADER, person(1, ZHANG, "202421900001")])
+    result = runner.invoke(args=["roster", "import", str(first), "--exam", "二级建造师", "--kind", "证书"])
+    assert result.exit_code == 0, result.output
+
+    confirm(staff_client, batch_id)
+
+    row = batch_rows(app, batch_id)[2]
+    assert row.outcome == "rejected"
+    assert "已登记在姓名「张伟」名下" in row.reason
+    with app.app_context():
+        batch = db.session.get(ImportBatch, batch_id)
+        assert batch.state == "confirmed"
+        assert batch.rejected_count == 1
+        assert batch.imported_count == 0
+        assert db.session.scalar(select(Certificate.name)) == "张伟"
+    assert count(app, Certificate) == 1
+
+
+# --- The upload's file name ----------------------------------------------------
+
+
+def test_long_file_name_shortened(app, staff_client, tmp_path):
+    """import_batch.filename stores at most 255 characters, so a longer name is cut around an ellipsis, keeping its suffix."""
+    filename = "2024年度二级建造师考试合格人员名单" + "补" * 280 + ".xlsx"
+    path = write_xlsx(tmp_path / "r.xlsx", [HEADER, person(1, ZHANG, "202421900001")])
+
+    batch_id = upload(staff_client, path, filename)
+
+    with app.app_context():
+        stored = db.session.get(ImportBatch, batch_id).filename
+    assert len(stored) == batches.MAX_FILENAME_LENGTH == 255
+    assert stored.startswith("2024年度二级建造师考试合格人员名单补补")
+    assert stored.endswith("补….xlsx")
+    assert batch_rows(app, batch_id)[2].outcome == "imported"
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [("名单.csv", "名单.csv"), ("名单\u202e.csv", "名单\\u202e.csv"), ("a" * 300 + ".csv", "a" * 250 + "….csv")],
+)
+def test_display_filename(filename, expected):
+    assert batches.display_filename(filename) == expected
+
+
+def test_failed_batch_leaves_no_upload(app):
+    """A batch that cannot be written takes its upload file with it, because the file contains whole ID numbers."""
+    from pathlib import Path
+
+    from sqlalchemy.exc import IntegrityError
+
+    with app.app_context():
+        uploads = batches.upload_dir()
+        before = set(uploads.iterdir())
+        stored_name = batches.store_upload((ROSTER_DIR / "2023年度二级造价工程师考试合格人员.csv").read_bytes(), "r.csv")
+        assert Path(uploads, stored_name).is_file()
+        with pytest.raises(IntegrityError):
+            # uploaded_by is NOT NULL on both databases, so the insert fails for real.
+            batches.create_batch(stored_name, "r.csv", exam=None, kind=None, actor=None)
+        after = set(uploads.iterdir())
+        batch_count = db.session.scalar(select(func.count(ImportBatch.id)))
+
+    assert after == before
+    assert batch_count == 0

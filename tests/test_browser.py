@@ -123,3 +123,45 @@ def test_verify_works_without_javascript(import_roster, live_server):
         browser.close()
 
     assert "有效" in text
+
+
+def test_refused_lookup_replaces_result(app, import_roster, page):
+    """Past the lookup limit htmx shows the message where the last result was, and keeps the page (no reload)."""
+    from app import create_app
+    from app.extensions import limiter
+    from tests.conftest import dispose_engines
+
+    import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+    keys = ("SECRET_KEY", "QR_TOKEN_KEYS", "ID_NUMBER_KEY", "ID_HASH_KEY", "SQLALCHEMY_DATABASE_URI", "BASE_URL")
+    # The empty form counts too: the page, one answered lookup, then the refused one.
+    limited = create_app({**{key: app.config[key] for key in keys}, "TESTING": True, "RATELIMIT_ENABLED": True,
+                          "RATELIMIT_STORAGE_URI": "memory://", "LOOKUP_RATE_LIMIT": "2 per minute",
+                          "LOOKUP_CAPTCHA_ENABLED": False})
+    server = make_server("127.0.0.1", 0, limited, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/verify")
+        page.evaluate("window.__marker = 'kept'")
+        page.get_by_label("证书编号").fill(NUMBER)
+        page.get_by_label("姓名").fill(NAME)
+        page.get_by_role("button", name="查验").click()
+        page.locator("#verify-result .result-valid").wait_for()
+        answered_url = page.url
+
+        page.get_by_role("button", name="查验").click()
+        page.locator("#verify-result", has_text="请求过于频繁").wait_for()
+        result = page.inner_text("#verify-result")
+        marker = page.evaluate("window.__marker")
+        url = page.url
+    finally:
+        server.shutdown()
+        thread.join()
+        limiter.enabled = False
+        with limited.app_context():
+            dispose_engines()
+
+    assert marker == "kept"
+    assert "矿业工程" not in result  # the earlier answer is gone
+    assert page.locator("#verify-result .result-valid").count() == 0
+    assert url == answered_url  # the refused lookup is no history entry

@@ -73,6 +73,14 @@ def test_staff_create_rejects_duplicate_username(runner, make_staff):
     assert "已存在" in result.output
 
 
+def test_command_error_in_chinese(runner, tmp_path):
+    """A command that stops with an error prints 错误： rather than click's English "Error:"."""
+    result = runner.invoke(args=["certificate", "render", "209999999999", "--out", str(tmp_path / "x.pdf")])
+
+    assert result.exit_code == 1
+    assert result.output == "错误：证书编号「209999999999」不存在。\n"
+
+
 def test_faulty_roster_report_matches_expected(app, runner, tmp_path):
     report = tmp_path / "report.csv"
     result = runner.invoke(
@@ -316,3 +324,31 @@ def test_import_invalid_kind_message(runner):
 
     assert result.exit_code == 2
     assert "证书类别「证件」无效，应为 证书 或 合格证明" in result.output
+
+
+ROSTER_HEADER = "序号,姓名,性别,证件号码,出生年月,专业名称,批准日期,证书编号"
+
+
+@pytest.mark.parametrize("where", ["register", "same-file"])
+def test_import_report_flags_other_name(import_roster, runner, tmp_path, where):
+    """叶军斌 (500112198102204879) is row 3 of the 2024 二级建造师 roster, so 叶军滨 with that ID number is a typed name."""
+    rows = ["1,叶军滨,男,500112198102204879,1981-02,公路工程,2025-03-01,202521900001"]
+    if where == "register":
+        import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+    else:
+        rows.insert(0, "1,叶军斌,男,500112198102204879,1981-02,公路工程,2025-03-01,202521900002")
+    roster = tmp_path / "2025年度二级建造师考试合格人员名单.csv"
+    roster.write_text("\n".join([ROSTER_HEADER, *rows]) + "\n", encoding="utf-8")
+    report = tmp_path / "report.csv"
+
+    result = runner.invoke(args=["roster", "import", str(roster), "--kind", "证书", "--dry-run", "--report", str(report)])
+
+    assert result.exit_code == 0, result.output
+    with report.open(encoding="utf-8-sig") as handle:
+        outcomes = {line["row"]: line for line in csv.DictReader(handle)}
+    flagged = outcomes[str(len(rows) + 1)]
+    assert flagged["outcome"] == "rejected"
+    assert f"第 {len(rows) + 1} 行：证件号码 5001**********4879 " in flagged["reason"]
+    assert "「叶军斌」名下" in flagged["reason"]
+    assert "本行姓名「叶军滨」" in flagged["reason"]
+    assert "500112198102204879" not in flagged["reason"]

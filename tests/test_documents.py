@@ -48,6 +48,8 @@ from app.domain.seals import (
 )
 from app.domain.seed import build_catalogue
 
+from .test_backup import restore_target  # noqa: F401 - fixture for the restore test
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STATIC_DIR = PROJECT_DIR / "static"
 CATALOGUE = build_catalogue()
@@ -1037,3 +1039,101 @@ def test_batch_export_auditor_forbidden(app, login_staff, import_roster) -> None
     # The token comes from the logout form in the navigation bar.
     response = client.post(f"/admin/batches/{batch_id}/export", data={"csrf_token": csrf_token(page)})
     assert response.status_code == 403
+
+
+# --- PDF cache key -----------------------------------------------------------
+
+
+def _pdf_dates(path: Path) -> list[str]:
+    text = PdfReader(str(path)).pages[0].extract_text().replace(" ", "")
+    return re.findall(r"\d{4}年\d{2}月\d{2}日", text)
+
+
+def _correct_approval_date(number: str, approval_date: str) -> None:
+    from app.extensions import db
+    from app.models import Certificate
+    from app.services import records
+
+    certificate = db.session.scalar(sa_select(Certificate).where(Certificate.number == number))
+    values = {key: value or "" for key, value in records.snapshot(certificate).items()}
+    values["approval_date"] = approval_date
+    records.correct(certificate, values, reason="批准日期录入错误", actor="test", expected_version=certificate.version)
+
+
+def _verify_file(app, pdf: bytes) -> str:
+    from .conftest import csrf_token
+
+    client = app.test_client()
+    page = client.get("/verify/file").get_data(as_text=True)
+    response = client.post(
+        "/verify/file",
+        data={"csrf_token": csrf_token(page), "file": (io.BytesIO(pdf), "证书.pdf")},
+        content_type="multipart/form-data",
+    )
+    return response.get_data(as_text=True)
+
+
+def test_pdf_cache_after_restore_correction(app, import_roster, runner, restore_target, tmp_path) -> None:
+    """A correction made after a restore reuses the version number of a lost one, and gets its own PDF."""
+    from app.extensions import db
+    from app.models import Certificate
+    from app.services import certificates
+
+    number = "202421000001"
+    import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+    written = runner.invoke(args=["backup", "--out", str(tmp_path / "backups")])
+    backup_path = Path(re.search(r"已备份到 (\S+?)（", written.output).group(1))
+    cli = restore_target.test_cli_runner()
+    assert cli.invoke(args=["restore", str(backup_path)]).exit_code == 0
+    with restore_target.app_context():
+        _correct_approval_date(number, "2024-11-01")
+        certificate = db.session.scalar(sa_select(Certificate).where(Certificate.number == number))
+        lost = certificates.cached_pdf(certificate)
+        lost_pdf = lost.path.read_bytes()
+        db.session.remove()
+
+    # The restore loses the correction above; staff then correct the record again, to another date.
+    assert cli.invoke(args=["restore", "--force", str(backup_path)]).exit_code == 0
+    with restore_target.app_context():
+        _correct_approval_date(number, "2024-12-01")
+        certificate = db.session.scalar(sa_select(Certificate).where(Certificate.number == number))
+        source = certificates.source_of(certificate)
+        missed = certificates.cache_entry(source)
+        missed_before_render = missed.path.is_file()
+        current = certificates.render_cached(source)
+        hit = certificates.cache_entry(source)
+        db.session.remove()
+
+    assert certificate.version == 2
+    assert missed.etag != lost.etag
+    assert not missed_before_render, f"the lost correction's file would be served: {missed.path.name}"
+    assert _pdf_dates(current.path)[0] == "2024年12月01日"
+    assert hit == current
+    assert "文件已被修改" in _verify_file(restore_target, lost_pdf)
+    assert "真实有效" in _verify_file(restore_target, current.path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [("name", "田娥"), ("approval_date", date(2024, 12, 1)), ("birth_month", date(1985, 2, 1)), ("level", "中级")],
+)
+def test_cache_key_covers_printed_fields(app, import_roster, column, value) -> None:
+    """A printed field changed without a version bump still gives a new cache file name and ETag."""
+    from app.extensions import db
+    from app.models import Certificate
+    from app.services import certificates
+
+    import_roster(FAULTY_ROSTER, "二级建造师", "certificate")
+    with app.app_context():
+        record = db.session.scalars(sa_select(Certificate).order_by(Certificate.id)).first()
+        before = certificates.cache_entry(record)
+        setattr(record, column, value)
+        db.session.flush()
+        after = certificates.cache_entry(record)
+        owned = certificates.owned_pdf_source(record.number, record.name, record.id_number_hash)
+        owned_entry = certificates.cache_entry(owned)
+        db.session.rollback()
+
+    assert after.etag != before.etag
+    assert after.path != before.path
+    assert owned_entry == after

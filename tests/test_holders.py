@@ -192,6 +192,45 @@ def test_print_view(client, loaded):
     assert f"/me/certificates/{NUMBER}.pdf?inline=1" in html
 
 
+def csp_directives(policy: str) -> dict[str, str]:
+    directives = [directive.strip().split(" ", 1) for directive in policy.split(";") if directive.strip()]
+    return {parts[0]: parts[1] if len(parts) > 1 else "" for parts in directives}
+
+
+def test_print_preview_headers_allow_embedding(client, loaded):
+    """The print page's <object> and the inline PDF relax only the directives the embedding needs."""
+    from app.security import CONTENT_SECURITY_POLICY
+
+    register(client)
+    strict = csp_directives(CONTENT_SECURITY_POLICY)
+
+    page = client.get(f"/me/certificates/{NUMBER}/print")
+    embedded = re.search(r'<object[^>]*\sdata="([^"]+)"', page.get_data(as_text=True)).group(1).replace("&amp;", "&")
+    pdf = client.get(embedded)
+
+    assert pdf.status_code == 200
+    assert pdf.mimetype == "application/pdf"
+    assert csp_directives(page.headers["Content-Security-Policy"]) == {**strict, "object-src": "'self'"}
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert csp_directives(pdf.headers["Content-Security-Policy"]) == {**strict, "frame-ancestors": "'self'"}
+    assert pdf.headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert len(pdf.headers.getlist("Content-Security-Policy")) == 1
+    assert len(pdf.headers.getlist("X-Frame-Options")) == 1
+
+
+@pytest.mark.parametrize("path", ["/me", f"/me/certificates/{NUMBER}.pdf"], ids=["list-page", "attachment"])
+def test_other_responses_keep_strict_framing(client, loaded, path):
+    from app.security import CONTENT_SECURITY_POLICY
+
+    register(client)
+
+    response = client.get(path)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
 def test_other_holders_certificate_answers_not_found(client, loaded):
     register(client)
     client.get("/me")  # shows the registration message, so neither answer below carries it

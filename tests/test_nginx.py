@@ -117,8 +117,12 @@ def self_signed_certificate(folder: Path) -> Path:
     return cert_file
 
 
-def nginx_config(work: Path, instance: Path, http_port: int, https_port: int, app_port: int) -> Path:
-    """Write nginx.conf around a copy of the deploy/ site file with test ports and paths; return its path."""
+def nginx_config(work: Path, instance: Path, http_port: int, https_port: int, *app_ports: int) -> Path:
+    """Write nginx.conf around a copy of the deploy/ site file with test ports and paths; return its path.
+
+    The upstream gets one server line per port in `app_ports`, as several app servers behind one nginx.
+    """
+    upstream_servers = "\n    ".join(f"server 127.0.0.1:{port};" for port in app_ports)
     site = SITE_FILE.read_text(encoding="utf-8")
     replacements = [
         (r"listen 80;", f"listen 127.0.0.1:{http_port};"),
@@ -127,7 +131,10 @@ def nginx_config(work: Path, instance: Path, http_port: int, https_port: int, ap
         (r"/var/log/nginx/", f"{work}/nginx-"),
         (r"/srv/certificates/instance/", f"{instance}/"),
         (r"/srv/certificates/", f"{PROJECT_ROOT}/"),
-        (r"server 127.0.0.1:8000;", f"server 127.0.0.1:{app_port};"),
+        (r"server 127.0.0.1:8000;", upstream_servers),
+        # The site runs on port 443 in production, where $host is the origin a browser sends
+        # as Referer. Here HTTPS listens on a free port, so the Host passed on keeps that port.
+        (r"proxy_set_header Host $host;", "proxy_set_header Host $http_host;"),
     ]
     for old, new in replacements:
         assert old in site, f"{SITE_FILE.name} no longer contains {old!r}; update this test's replacements"
@@ -159,6 +166,30 @@ http {{
     return config
 
 
+def app_server_environment(app, instance: Path, port: int, access_log: Path, error_log: Path, **settings: str) -> dict:
+    """Return the environment of a gunicorn on 127.0.0.1:`port` that serves the test app's database with its keys.
+
+    Rate limits and the captcha are off unless `settings` (more CERT_* variables) turn them on.
+    """
+    return {
+        **os.environ,
+        "CERT_INSTANCE_PATH": str(instance),
+        "CERT_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+        "CERT_TESTING": "true",
+        "CERT_SECRET_KEY": app.config["SECRET_KEY"],
+        "CERT_QR_TOKEN_KEYS": f'["{QR_KEY}"]',
+        "CERT_BASE_URL": app.config["BASE_URL"],
+        "CERT_RATELIMIT_ENABLED": "false",
+        "CERT_LOOKUP_CAPTCHA_ENABLED": "false",
+        "CERT_PROXY_FIX_X_FOR": "1",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_ACCESS_LOG": str(access_log),
+        "GUNICORN_ERROR_LOG": str(error_log),
+        **settings,
+    }
+
+
 @dataclass
 class Site:
     base_url: str  # https://127.0.0.1:<port>, served by nginx
@@ -176,23 +207,10 @@ def nginx_site(app, tmp_path):
     cert_file = self_signed_certificate(tmp_path)
     config = nginx_config(tmp_path, instance, http_port, https_port, app_port)
 
-    environment = {
-        **os.environ,
-        "CERT_INSTANCE_PATH": str(instance),
-        "CERT_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-        "CERT_TESTING": "true",
-        "CERT_SECRET_KEY": app.config["SECRET_KEY"],
-        "CERT_QR_TOKEN_KEYS": f'["{QR_KEY}"]',
-        "CERT_BASE_URL": app.config["BASE_URL"],
-        "CERT_RATELIMIT_ENABLED": "false",
-        "CERT_LOOKUP_CAPTCHA_ENABLED": "false",
-        "CERT_PROXY_FIX_X_FOR": "1",
-        "CERT_PDF_ACCEL_REDIRECT_PREFIX": ACCEL_PREFIX,
-        "GUNICORN_BIND": f"127.0.0.1:{app_port}",
-        "GUNICORN_WORKERS": "1",
-        "GUNICORN_ACCESS_LOG": str(tmp_path / "gunicorn-access.log"),
-        "GUNICORN_ERROR_LOG": str(tmp_path / "gunicorn-error.log"),
-    }
+    environment = app_server_environment(
+        app, instance, app_port, tmp_path / "gunicorn-access.log", tmp_path / "gunicorn-error.log",
+        CERT_PDF_ACCEL_REDIRECT_PREFIX=ACCEL_PREFIX,
+    )
     checked = subprocess.run([NGINX, "-t", "-c", str(config), "-e", str(tmp_path / "nginx-main.error.log")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, f"nginx -t rejected the generated site:\n{checked.stderr}"
@@ -226,11 +244,10 @@ def test_nginx_sends_cached_pdf(app, client, import_roster, nginx_site):
     login_page = browser.get(f"{base}/login", timeout=30)
     page = login_page.text
     assert login_page.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"  # sent once
-    # Over HTTPS Flask-WTF requires a same-origin Referer. nginx passes Host without the
-    # port ($host), so the request URL is https://127.0.0.1/..., the origin a browser on port 443 sends.
+    # Over HTTPS Flask-WTF requires a same-origin Referer, which a browser sends (see test_browser_logs_in_over_https).
     logged_in = browser.post(f"{base}/login", data={"login": ID_NUMBER, "password": HOLDER_PASSWORD,
                                                      "csrf_token": csrf_token(page)},
-                             headers={"Referer": "https://127.0.0.1/login"}, allow_redirects=False, timeout=30)
+                             headers={"Referer": f"{base}/login"}, allow_redirects=False, timeout=30)
     assert logged_in.status_code == 303
 
     response = browser.get(f"{base}/me/certificates/{NUMBER}.pdf", timeout=60)
@@ -274,3 +291,54 @@ def test_nginx_sends_cached_pdf(app, client, import_roster, nginx_site):
     with app.app_context():
         downloads = db.session.scalar(select(func.count(DownloadEvent.id)))
     assert downloads == 3  # two downloads and the 304; the 404 is not counted
+
+
+@pytest.mark.browser
+def test_browser_logs_in_over_https(client, import_roster, nginx_site):
+    """Chromium posts the login form through nginx over HTTPS, and the CSRF check accepts the Referer it sends."""
+    from playwright.sync_api import sync_playwright
+
+    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    base = nginx_site.base_url
+    import_roster("2024年度二级建造师考试合格人员名单.xlsx", "二级建造师", "certificate")
+    register(client, log_in=False)
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        # The test's TLS certificate is self-signed; the browser still treats the page as HTTPS.
+        context = browser.new_context(ignore_https_errors=True, locale="zh-CN")
+        page = context.new_page()
+        page.goto(f"{base}/login")
+        page.get_by_label("证件号码或手机号码").fill(ID_NUMBER)
+        page.get_by_label("密码", exact=True).fill(HOLDER_PASSWORD)
+        page.get_by_role("button", name="登录").click()
+        page.wait_for_url(f"{base}/me")
+        content = page.content()
+        context.close()
+        browser.close()
+
+    assert NUMBER in content
+
+
+def test_nginx_error_pages_in_chinese(nginx_site):
+    """While gunicorn is down nginx answers 502 with its Chinese page, and a body over the upload limit gets 413."""
+    browser = requests.Session()
+    browser.trust_env = False
+    browser.verify = str(nginx_site.cert_file)
+    too_large = browser.post(f"{nginx_site.base_url}/admin/batches", data=b"x" * (52 * 1024 * 1024), timeout=60)
+    stop(nginx_site.gunicorn)
+
+    down = browser.get(f"{nginx_site.base_url}/verify", timeout=30)
+
+    assert down.status_code == 502
+    assert down.headers["Content-Type"].startswith("text/html")
+    assert "服务暂时不可用" in down.content.decode("utf-8")
+    assert down.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert down.headers["X-Frame-Options"] == "DENY"
+    assert too_large.status_code == 413
+    assert "上传的文件过大" in too_large.content.decode("utf-8")
+    assert "nginx" not in down.content.decode("utf-8") + too_large.content.decode("utf-8")

@@ -454,3 +454,93 @@ def test_cached_layout_follows_script_root(client):
     assert 'href="/certs/static/css/site.css"' in mounted
     assert 'href="/certs/login"' in mounted
     assert 'action="/certs/verify"' in mounted
+
+
+# --- htmx answers, API errors, htmx history --------------------------------------------
+
+
+def _htmx_config(page: str) -> dict:
+    import json
+    import re
+
+    match = re.search(r"<meta name=\"htmx-config\" content='([^']*)'", page)
+    return json.loads(match.group(1)) if match else {}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "上传的文件是空的"), (b"%PDF-1.7\n" + b"0" * 4096, "上传的文件超过")],
+    ids=["empty-file", "too-large"],
+)
+def test_htmx_file_check_error_swapped(app, client, monkeypatch, content, message):
+    """htmx 2 swaps no 4xx response, so /verify/file answers htmx with a 200 fragment that replaces the last verdict."""
+    import re
+
+    monkeypatch.setitem(app.config, "VERIFY_FILE_MAX_BYTES", 1024)
+    page = client.get("/verify/file").get_data(as_text=True)
+    token = re.search(r'"X-CSRFToken": "([^"]+)"', page).group(1)
+    data = {"file": (io.BytesIO(content), "certificate.pdf")}
+
+    htmx = client.post("/verify/file", data=data, headers={"X-CSRFToken": token, "HX-Request": "true"})
+    data = {"file": (io.BytesIO(content), "certificate.pdf")}
+    plain = client.post("/verify/file", data=data, headers={"X-CSRFToken": token})
+
+    html = htmx.get_data(as_text=True)
+    assert htmx.status_code == 200
+    assert "responseHandling" not in _htmx_config(page)  # so only 2xx responses are swapped
+    assert message in html
+    assert "<html" not in html
+    assert "HX-Retarget" not in htmx.headers  # it goes to #verify-file-result, replacing an earlier verdict
+    assert plain.status_code == (400 if not content else 413)
+    assert message in plain.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [("post", "/api/v1/verify", 405), ("get", "/api/v1/certificates", 404), ("get", "/api/v1/verify", 500)],
+    ids=["wrong-method", "unknown-path", "server-error"],
+)
+def test_api_errors_are_json(client, monkeypatch, method, path, status):
+    """API clients parse JSON, so every error under /api/ is JSON with a Chinese message, not the HTML error page."""
+    from app.public import routes
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr(routes.lookup, "verify", broken)
+    response = getattr(client, method)(path, query_string={"number": NUMBER, "name": NAME})
+
+    body = response.get_json()
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert any("\u4e00" <= c <= "\u9fff" for c in body["error"]), body
+    if status == 405:
+        assert "GET" in response.headers["Allow"]
+    if status == 500:
+        assert body["incident"] in body["error"]
+
+
+def test_html_405_keeps_allow_header(client):
+    response = client.post("/verify")
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert "GET" in response.headers["Allow"]
+    assert "不支持的请求方式" in response.get_data(as_text=True)
+
+
+def test_verify_page_out_of_htmx_history(client, loaded):
+    """hx-push-url would make htmx copy the page with its results (names, masked ID numbers) into sessionStorage.
+
+    hx-history="false" anywhere in the page stops that; Back and Forward then
+    fetch the page again with HX-History-Restore-Request, which gets the
+    whole page (test_verify_history_restore_gets_full_page).
+    """
+    page = client.get("/verify", query_string={"number": NUMBER, "name": NAME}).get_data(as_text=True)
+    fragment = client.get("/verify", query_string={"number": NUMBER, "name": NAME}, headers={"HX-Request": "true"})
+
+    assert 'hx-push-url="true"' in page
+    assert 'id="verify-result" aria-live="polite" hx-history="false"' in page
+    # The attribute sits on the swap target, outside the swapped content, so it stays after every answer.
+    assert 'hx-target="#verify-result"' in page
+    assert 'id="verify-result"' not in fragment.get_data(as_text=True)

@@ -894,6 +894,49 @@ def test_same_person_two_certificates(tmp_path: Path) -> None:
     assert [o for _, o, _ in result] == [IMPORTED, IMPORTED]
 
 
+@pytest.mark.parametrize(("name", "outcome"), [("张玮", REJECTED), (" 张伟 ", IMPORTED), ("张\u3000伟", IMPORTED)])
+def test_id_number_under_other_name(tmp_path: Path, name: str, outcome: str) -> None:
+    """A second certificate for one ID number must carry the same name once normalised, or the row is rejected."""
+    header, row = table({})
+    other = list(row)
+    other[HEADER.index("姓名")] = name
+    other[HEADER.index("证书编号")] = "202421900099"
+
+    result = outcomes_of(tmp_path, [header, row, other])
+
+    assert result[0][1] == IMPORTED
+    assert result[1][1] == outcome
+
+
+def test_other_name_reason_names_both(tmp_path: Path) -> None:
+    header, row = table({})
+    other = list(row)
+    other[HEADER.index("姓名")] = "张玮"
+    other[HEADER.index("证书编号")] = "202421900099"
+
+    reason = outcomes_of(tmp_path, [header, row, other])[1][2]
+
+    assert reason.startswith("第 3 行：证件号码 5001**********1232 ")
+    assert "已在第 2 行登记在姓名「张伟」名下" in reason
+    assert "与本行姓名「张玮」不一致" in reason
+    assert "500103199001011232" not in reason
+
+
+def test_other_name_row_claims_nothing(tmp_path: Path) -> None:
+    """A row rejected for its name leaves its certificate number free, and a row rejected earlier leaves its name."""
+    header, row = table({})
+    wrong_specialty = list(row)
+    wrong_specialty[HEADER.index("姓名")] = "张玮"
+    wrong_specialty[HEADER.index("专业名称")] = "航天工程"
+    other_name = list(row)
+    other_name[HEADER.index("姓名")] = "张玮"
+    other_name[HEADER.index("证书编号")] = "202421900099"
+
+    result = outcomes_of(tmp_path, [header, wrong_specialty, row, other_name, second_person("202421900099")])
+
+    assert [(r, o) for r, o, _ in result] == [(2, REJECTED), (3, IMPORTED), (4, REJECTED), (5, IMPORTED)]
+
+
 # --- streaming ---------------------------------------------------------------
 
 

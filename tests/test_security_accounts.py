@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pyotp
@@ -180,6 +181,54 @@ def test_staff_lock_after_five_failures(client, make_staff):
 
     assert response.status_code == 200
     assert "暂停登录" in response.get_data(as_text=True)
+
+
+# --- logs of failed logins ------------------------------------------------
+
+# A password typed into the user name field, as a hurried staff member does.
+TYPED_SECRET = "Wr0ng-Field!Secret-2024"
+
+
+def test_failed_login_log_hides_unknown_name(client, caplog):
+    with caplog.at_level(logging.INFO):
+        for _ in range(6):  # the fifth failure locks the name and the address, so the sixth attempt is rejected as locked
+            response = staff_password_step(client, TYPED_SECRET, "x")
+        staff_password_step(client, "Other-Secret-2024!", "x")
+
+    messages = [record.getMessage() for record in caplog.records]
+    failed = [message for message in messages if message.startswith("Failed staff login")]
+    locked = [message for message in messages if message.startswith("Locked-out staff login attempt")]
+    digests = [re.search(r"HMAC ([0-9a-f]{8})", message).group(1) for message in failed + locked]
+    assert response.status_code == 200
+    assert not [message for message in messages if TYPED_SECRET in message], messages
+    assert len(failed) == 5
+    assert f"an unknown user name ({len(TYPED_SECRET)} characters, HMAC " in failed[0]
+    assert len(set(digests[:6])) == 1, "one typed name must give one digest, so repeats can be counted"
+    assert digests[6] != digests[0], "another typed name must give another digest"
+    assert [message for message in messages if message.startswith("Login locked")]
+
+
+def test_failed_login_log_names_known_account(client, make_staff, caplog):
+    make_staff("judy")
+
+    with caplog.at_level(logging.INFO):
+        staff_password_step(client, "judy", "Wrong!Password1")
+
+    assert "Failed staff login for 'judy' from" in caplog.text
+
+
+def test_holder_login_log_hides_typed_secret(client, caplog):
+    """A holder login that matches no account is logged as a digest, so a password typed there stays out of the log."""
+    page = client.get("/login").get_data(as_text=True)
+
+    with caplog.at_level(logging.INFO):
+        client.post("/login", data={"login": TYPED_SECRET, "password": "x", "csrf_token": csrf_token(page)})
+
+    failed = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Failed holder login")]
+    assert len(failed) == 1
+    assert "an unknown user name (" in failed[0]
+    assert TYPED_SECRET[:4] not in caplog.text
+    assert TYPED_SECRET[-4:] not in caplog.text
 
 
 # --- identical answers ----------------------------------------------------
@@ -395,6 +444,51 @@ def test_replay_message_matches_wrong_code(app, client, make_staff):
     wrong = staff_code_step(guesser, "000000" if code != "000000" else "111111").get_data(as_text=True)
 
     assert normalised(replayed) == normalised(wrong)
+
+
+def start_enrolment(app, client, username: str) -> str:
+    """Create `username` without a second factor, pass the password step and return the enrolment key shown."""
+    with app.app_context():
+        accounts.create_staff(username, "admin", STAFF_PASSWORD, actor="test")
+    staff_password_step(client, username)
+    page = client.get("/admin/login/totp").get_data(as_text=True)
+    return re.search(r'<code class="totp-key">([A-Z2-7]+)</code>', page).group(1)
+
+
+def test_enrolment_secret_not_in_cookie(app, client):
+    secret = start_enrolment(app, client, "olga")
+    cookie = session_cookie(client)
+    data = app.session_interface.get_signing_serializer(app).loads(cookie)
+
+    response = staff_code_step(client, pyotp.TOTP(secret).now())
+
+    assert secret not in repr(data)
+    assert data["staff_pending"]["secret"].startswith("v2:")
+    assert response.status_code == 303
+    with app.app_context():
+        assert db.session.scalar(select(StaffUser.totp_secret).where(StaffUser.username == "olga")) == secret
+
+
+@pytest.mark.parametrize("case", ["other-account", "plain-secret"])
+def test_foreign_enrolment_secret_refused(app, client, case):
+    """An encrypted secret works only for its own account, and a plain one (from a cookie set before encryption) not at all."""
+    other = app.test_client()
+    start_enrolment(app, other, "peter")
+    start_enrolment(app, client, "olga")
+    serializer = app.session_interface.get_signing_serializer(app)
+    data = serializer.loads(session_cookie(client))
+    if case == "other-account":
+        data["staff_pending"]["secret"] = serializer.loads(session_cookie(other))["staff_pending"]["secret"]
+    else:
+        data["staff_pending"]["secret"] = STAFF_TOTP_SECRET
+    client.set_cookie("session", serializer.dumps(data))
+
+    response = client.get("/admin/login/totp")
+
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/admin/login")
+    with app.app_context():
+        assert db.session.scalar(select(StaffUser.totp_secret).where(StaffUser.username == "olga")) is None
 
 
 def test_password_alone_gives_no_staff_session(client, make_staff):

@@ -388,3 +388,71 @@ def test_limits_hold_across_two_workers(gunicorn_server):
     assert per_number.count(200) == 4
     assert per_number.count(429) == 6
     assert len(workers) == 2
+
+
+# --- a wrong captcha answer ends the challenge; the number-limit log line -----------------
+
+
+def test_wrong_captcha_answer_ends_challenge(app, client, loaded, guarded, monkeypatch):
+    """A saved session cookie must not let a bot guess one image again: a wrong answer uses the challenge up."""
+    monkeypatch.setitem(app.config, "LOOKUP_MISSES_BEFORE_CAPTCHA", 1)
+    miss(client)
+    client.get("/captcha.png")
+    saved_cookie = client.get_cookie("session").value
+
+    wrong = client.get("/verify", query_string={"number": NUMBER, "name": NAME, "captcha": "AAAAA"})
+    client.set_cookie("session", saved_cookie)
+    replayed = client.get("/verify", query_string={"number": NUMBER, "name": NAME, "captcha": "K7M4P"})
+    client.get("/captcha.png")  # the new image the page asks for
+    solved = client.get("/verify", query_string={"number": NUMBER, "name": NAME, "captcha": "K7M4P"})
+
+    assert "验证码不正确" in wrong.get_data(as_text=True)
+    assert "/captcha.png?t=" in wrong.get_data(as_text=True)  # a new image for the next try
+    assert "result-valid" not in replayed.get_data(as_text=True)
+    assert "验证码不正确" in replayed.get_data(as_text=True)
+    assert "result-valid" in solved.get_data(as_text=True)
+
+
+def test_number_limit_log_drops_control_characters(app, caplog):
+    """The number-limit warning shows the typed number without control characters, and masks an ID number in it."""
+    import logging
+    import re
+
+    from app import create_app
+    from app.extensions import limiter
+
+    keys = ("SECRET_KEY", "QR_TOKEN_KEYS", "ID_NUMBER_KEY", "ID_HASH_KEY", "SQLALCHEMY_DATABASE_URI", "BASE_URL")
+    limited = create_app(
+        {
+            **{key: app.config[key] for key in keys},
+            "TESTING": True,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "LOOKUP_RATE_LIMIT": "1000 per minute",
+            "LOOKUP_NUMBER_RATE_LIMIT": "1 per minute",
+            "LOOKUP_CAPTCHA_ENABLED": False,
+        }
+    )
+    typed = ["2024\x00\x08\x08\x08\x08OK\x1b[2J", "500109\x00196409\x7f269696", "2024\u202e\u0085KO"]
+    try:
+        with caplog.at_level(logging.INFO):
+            for number in typed:
+                limited.test_client().get("/api/v1/verify", query_string={"number": number, "name": "无此人"})
+    finally:
+        limiter.enabled = False
+        with limited.app_context():
+            dispose_engines()
+
+    messages = [record.getMessage() for record in caplog.records if "Lookup number" in record.getMessage()]
+    assert len(messages) == 3, messages
+    assert not [message for message in messages if re.search(r"[\x00-\x1f\x7f-\x9f\u202e]", message)], messages
+    assert "Lookup number 2024OK[2J:" in messages[0]
+    assert "500109196409269696" not in caplog.text
+    assert "500*************96" in messages[1]
+
+
+def test_loggable_number_is_short():
+    with_id = "X" * 30 + "500109196409269696"
+
+    assert len(lookup_guard.loggable_number("\x00" * 100 + "A" * 100)) == 40
+    assert "500109196409269696" not in lookup_guard.loggable_number(with_id)

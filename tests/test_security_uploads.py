@@ -423,3 +423,28 @@ def test_csv_closed_quotes_read(tmp_path, case, last_row):
 
     assert [row.row for row in rows] == [2, 3, 4]
     assert rows[-1].cells[7] == "202395041002"
+
+
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["web-upload", "command-line-file"])
+def test_stored_roster_private(app, tmp_path, as_bytes):
+    """A stored roster is readable by the service's user only, even under a permissive umask such as 022."""
+    import os
+
+    from app.services import batches
+
+    source = tmp_path / "名单.csv"
+    source.write_bytes("姓名,证件号码\n".encode())
+    old_umask = os.umask(0o022)
+    try:
+        with app.app_context():
+            (Path(app.instance_path) / "uploads").mkdir(exist_ok=True)
+            (Path(app.instance_path) / "uploads").chmod(0o755)
+            stored = batches.store_upload(source.read_bytes() if as_bytes else source, source.name)
+            path = batches.upload_dir() / stored
+    finally:
+        os.umask(old_umask)
+
+    assert path.read_bytes() == source.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    path.unlink()

@@ -12,7 +12,9 @@ from flask import redirect, render_template, request, session, url_for
 from flask_login import current_user
 
 from ..auth import end_session, start_session
+from ..domain.crypto import DecryptionError
 from ..extensions import db
+from ..id_numbers import keyring
 from ..models import StaffUser
 from ..security import current_address
 from ..services import accounts
@@ -41,7 +43,7 @@ def login():
                 "sv": user.session_version,
                 "at": time.time(),
                 # A fresh secret for enrolment; it is stored on the account only after a code proves the app has it.
-                "secret": None if user.totp_secret else accounts.new_totp_secret(),
+                "secret": None if user.totp_secret else _encrypt_enrolment_secret(user, accounts.new_totp_secret()),
                 "next": next_url,
             }
             return redirect(url_for(".login_totp"), 303)
@@ -67,8 +69,12 @@ def login_totp():
         session.pop(PENDING_KEY, None)
         return redirect(url_for(".login"), 303)
 
+    secret = user.totp_secret or _decrypt_enrolment_secret(user, pending.get("secret"))
+    if secret is None:
+        session.pop(PENDING_KEY, None)
+        return redirect(url_for(".login"), 303)
+
     form = TotpForm()
-    secret = user.totp_secret or pending["secret"]
     if form.validate_on_submit():
         outcome = accounts.check_totp(user, secret, form.code.data, current_address())
         if outcome == accounts.OK:
@@ -87,6 +93,33 @@ def login_totp():
     if not user.totp_secret:
         enrolment = {"qr": _qr_data_uri(accounts.totp_uri(user, secret)), "key": secret}
     return render_template("admin/login_totp.html", form=form, enrolment=enrolment, username=user.username)
+
+
+def _enrolment_associated_data(user: StaffUser) -> bytes:
+    # Binds the encrypted secret to its account, so it cannot be moved into another account's pending login.
+    return f"staff_pending.secret:{user.id}".encode()
+
+
+def _encrypt_enrolment_secret(user: StaffUser, secret: str) -> str:
+    """Encrypt an enrolment secret with the ID number key ring.
+
+    Flask's session cookie is signed, not encrypted, and the secret becomes the
+    account's permanent second factor, so the cookie carries only the ciphertext.
+    """
+    return keyring().encrypt(secret, _enrolment_associated_data(user))
+
+
+def _decrypt_enrolment_secret(user: StaffUser, encrypted: str | None) -> str | None:
+    """Decrypt an enrolment secret, or return None when there is none or it cannot be decrypted for this account."""
+    if not encrypted:
+        return None
+    try:
+        return keyring().decrypt(encrypted, _enrolment_associated_data(user))
+    except DecryptionError:
+        logger.warning(
+            "Decrypting the pending second factor enrolment of staff %s failed, so the login restarts", user.username
+        )
+        return None
 
 
 def _qr_data_uri(text: str) -> str:

@@ -39,6 +39,7 @@ from .identity import (
     IdentityError,
     check_character,
     infer_id_type,
+    mask_id_number,
     normalise_id_number,
     resident_birth_month,
     resident_gender,
@@ -237,7 +238,7 @@ def iter_outcomes(
     The file, its header and the exam and kind choice are checked before
     this returns, so RosterFileError comes from the call itself. A workbook
     that breaks part-way raises RosterFileError from the generator instead.
-    Rows stream, so memory grows only with the certificate numbers seen.
+    Rows stream, so memory grows only with the certificate and ID numbers seen.
     `glyph_cache_dir` is where the fonts' glyph coverage is cached between processes.
     `limits` bounds the sheet's used range, see `SheetLimits`.
     """
@@ -493,18 +494,23 @@ def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> It
     counts: Counter[str] = Counter()
     # Certificate number -> (row, name, ID number, record hash) of the first accepted row using it.
     seen: dict[str, tuple[int, str, str, int]] = {}
+    # ID number -> (row, name) of the first accepted row with it.
+    names: dict[str, tuple[int, str]] = {}
     with table:
         for row in table.rows():
-            outcome = _judge_row(row, context, seen)
+            outcome = _judge_row(row, context, seen, names)
             counts[outcome.outcome] += 1
             yield outcome
     logger.info(
-        "Checked roster %s: %s imported, %s rejected, %s skipped",
+        # The register is not read here, so rows it already holds count as accepted until the import skips them.
+        "Checked roster %s: %s rows accepted, %s rejected, %s skipped within the file",
         display_name, counts[IMPORTED], counts[REJECTED], counts[SKIPPED],
     )
 
 
-def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, str, str, int]]) -> RowOutcome:
+def _judge_row(
+    row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, str, str, int]], names: dict[str, tuple[int, str]]
+) -> RowOutcome:
     # A fast record has digits in its ID number, so `_skip_reason` would return "" for it.
     record = context.fast.record(row.cells) if context.fast else None
     if record is None:
@@ -527,6 +533,10 @@ def _judge_row(row: SheetRow, context: _RowContext, seen: dict[str, tuple[int, s
             hidden=row.hidden,
         )  # fmt: skip
     if record.number not in seen:
+        first = names.setdefault(record.id_number, (row.row, record.name))
+        if first[1] != record.name:
+            return RowOutcome(row.row, REJECTED, _other_name_reason(row.row, record, *first), hidden=row.hidden,
+                              cells=row.cells)  # fmt: skip
         # The common case, built once instead of through _check_duplicate's outcome.
         seen[record.number] = (row.row, record.name, record.id_number, hash(record))
         return RowOutcome(row.row, IMPORTED, "", record, row.hidden, row.cells)
@@ -586,6 +596,14 @@ def _check_duplicate(row: int, record: RecordData, seen: dict[str, tuple[int, st
             "请核对后只保留正确的一行"
         )
     return RowOutcome(row, REJECTED, reason)
+
+
+def _other_name_reason(row: int, record: RecordData, first_row: int, first_name: str) -> str:
+    # One ID number under two names is most often a mistyped name, and importing it would give one holder two names.
+    return (
+        f"第 {row} 行：证件号码 {mask_id_number(record.id_number)} 已在第 {first_row} 行登记在姓名「{first_name}」名下，"
+        f"与本行姓名「{record.name}」不一致，本行未导入；请核对两行的姓名和证件号码"
+    )
 
 
 # --- One record ---------------------------------------------------------

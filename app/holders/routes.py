@@ -15,7 +15,7 @@ from ..domain.documents import MissingGlyphError
 from ..domain.identity import mask_id_number
 from ..extensions import db, limiter, login_manager
 from ..models import Certificate
-from ..security import current_address
+from ..security import EMBEDDED_PDF_HEADERS, PRINT_PAGE_HEADERS, current_address
 from ..services import accounts, certificates as certificate_files, events, lookup
 from ..services.certificates import CachedPdf, PdfSource
 from . import bp
@@ -234,6 +234,9 @@ def _send_own(number: str, source: PdfSource):
             return render_template("error.html", code=500, message=f"{error}。请联系发证机关处理。"), 500
     disposition = "inline" if request.args.get("inline") else "attachment"
     response = _pdf_response(entry, number, disposition)
+    if disposition == "inline":
+        # The print page embeds this response, and add_security_headers keeps the headers set here.
+        response.headers.update(EMBEDDED_PDF_HEADERS)
     events.record_download(source.certificate_id)
     return response
 
@@ -255,7 +258,8 @@ def _render_own(number: str, source: PdfSource) -> tuple[PdfSource, CachedPdf]:
 def print_view(number: str):
     source = _own_pdf_source(number)
     certificate = db.session.get(Certificate, source.certificate_id)
-    return render_template("holders/print.html", certificate=certificate)
+    # The page's <object> loads the inline PDF, which the site-wide object-src 'none' would block.
+    return render_template("holders/print.html", certificate=certificate), PRINT_PAGE_HEADERS
 
 
 def _pdf_response(entry: CachedPdf, number: str, disposition: str):

@@ -29,7 +29,7 @@ def lookup_limit(view):
     def limited(*args, **kwargs):
         retry_after = lookup_guard.hit_address_limit()
         if retry_after is not None:
-            return too_many_requests(retry_after)
+            return too_many_requests(retry_after, in_place=True)
         return view(*args, **kwargs)
 
     return limited
@@ -59,7 +59,8 @@ def verify():
     # One Redis round trip: the address's lookup limit and both not-found counters.
     check = lookup_guard.check_lookup(number_key)
     if check.address_retry_after is not None:
-        return too_many_requests(check.address_retry_after)
+        # Under htmx the refusal replaces the result area, so an earlier answer cannot pass for this one.
+        return too_many_requests(check.address_retry_after, in_place=True)
     captcha_required = check.captcha_required
     number_blocked = check.number_blocked
     form = VerifyForm(request.args)
@@ -67,7 +68,7 @@ def verify():
     captcha_error = None
     if number_blocked and not lookup_guard.enabled():
         seconds = lookup_guard.number_retry_after(number_key)
-        return too_many_requests(seconds, NUMBER_BLOCKED_FORM_MESSAGE.format(seconds=seconds))
+        return too_many_requests(seconds, NUMBER_BLOCKED_FORM_MESSAGE.format(seconds=seconds), in_place=True)
     if request.args and form.validate():
         typed_captcha = request.args.get("captcha", "")
         if (captcha_required or number_blocked) and not lookup_guard.solve(typed_captcha):
@@ -84,7 +85,8 @@ def verify():
             if result.result == lookup.NOT_FOUND:
                 address_needs_captcha = lookup_guard.record_miss()
                 lookup_guard.record_number_miss(number_key)
-                captcha_required = address_needs_captcha or lookup_guard.number_blocked(number_key)
+                # With the captcha off a blocked number is refused with 429 instead, so offer no captcha for it.
+                captcha_required = address_needs_captcha or (lookup_guard.enabled() and lookup_guard.number_blocked(number_key))
     elif number_blocked:
         captcha_required = True
 

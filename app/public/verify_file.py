@@ -8,6 +8,7 @@ from flask import current_app, render_template, request
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..services.certificates import FileVerdict, verify_uploaded_pdf
 from ..web import is_htmx
@@ -25,8 +26,11 @@ class VerifyFileForm(FlaskForm):
 
 
 def _render(form: VerifyFileForm, verdict: FileVerdict | None = None, error: str | None = None, status: int = 200):
-    template = "public/_verify_file_result.html" if is_htmx() else "public/verify_file.html"
-    return render_template(template, form=form, verdict=verdict, error=error), status
+    if is_htmx():
+        # htmx 2 swaps no 4xx response, so the fragment with the message comes with 200. It replaces
+        # #verify-file-result, so the verdict on an earlier file cannot pass for this file's answer.
+        return render_template("public/_verify_file_result.html", form=form, verdict=verdict, error=error), 200
+    return render_template("public/verify_file.html", form=form, verdict=verdict, error=error), status
 
 
 @bp.get("/verify/file")
@@ -45,7 +49,11 @@ def verify_file():
     # Enforced again while the body is read, for chunked uploads without a length.
     request.max_content_length = limit + FORM_OVERHEAD_BYTES
 
-    form = VerifyFileForm()
+    try:
+        form = VerifyFileForm()
+    except RequestEntityTooLarge:
+        # A chunked body past the limit, stopped while the form was read.
+        return _render(VerifyFileForm(formdata=None), error=too_large, status=413)
     if not form.validate_on_submit():
         error = "；".join(message for messages in form.errors.values() for message in messages)
         return _render(form, error=error or "请选择要查验的证书 PDF 文件。", status=400)

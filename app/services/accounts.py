@@ -25,6 +25,7 @@ from ..domain.passwords import holder_password_problem, staff_password_problem  
 from ..extensions import db
 from ..id_numbers import id_hash
 from ..models import AuditEntry, Holder, LoginThrottle, PasswordResetCode, StaffUser, utcnow
+from ..security import login_name_for_log
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +146,17 @@ def authenticate_staff(username: str, password: str, address: str | None = None)
     """Check the first factor. Unknown, inactive and wrong-password accounts get the same INVALID."""
     keys = [account_key("staff", username), address_key(address)]
     user = db.session.scalar(select(StaffUser).where(StaffUser.username == username))
+    # Staff sometimes type the password into the user name field, so a name matching no account is not logged.
+    logged_name = login_name_for_log(username, known=user is not None)
     if is_locked(keys):
         _spend_equal_time(password)
-        logger.warning("Locked-out staff login attempt for %r from %s", username[:50], address)
+        logger.warning("Locked-out staff login attempt for %s from %s", logged_name, address)
         return LoginResult(LOCKED)
     if user is None or not user.active or not user.check_password(password):
         if user is None or not user.active:
             _spend_equal_time(password)
-        logger.warning("Failed staff login for %r from %s", username[:50], address)
-        record_failure(keys, label=f"staff {username[:50]!r}")
+        logger.warning("Failed staff login for %s from %s", logged_name, address)
+        record_failure(keys, label=f"staff {logged_name}")
         return LoginResult(INVALID)
     return LoginResult(OK, user)
 
@@ -236,17 +239,18 @@ def authenticate_holder(login: str, password: str, address: str | None = None) -
     # Full-width or spaced input counts against the same account key as the registered form.
     login = clean_id_number(login)
     keys = [account_key("holder", login), address_key(address)]
-    masked = mask_id_number(login)
+    # A login that matches no holder may be a password typed into the wrong field, so it is logged as a digest only.
     if is_locked(keys):
         _spend_equal_time(password)
-        logger.warning("Locked-out holder login attempt for %s from %s", masked, address)
+        logger.warning("Locked-out holder login attempt for %s from %s", login_name_for_log(login, known=False), address)
         return LoginResult(LOCKED)
     holder = find_holder(login)
     if holder is None:
         _spend_equal_time(password)
     if holder is None or not holder.check_password(password):
-        logger.warning("Failed holder login for %s from %s", masked, address)
-        record_failure(keys, label=f"holder {masked}")
+        logged_login = mask_id_number(login) if holder is not None else login_name_for_log(login, known=False)
+        logger.warning("Failed holder login for %s from %s", logged_login, address)
+        record_failure(keys, label=f"holder {logged_login}")
         return LoginResult(INVALID)
     clear_failures(keys[0])
     return LoginResult(OK, holder)

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicCommandError
 from flask import current_app
 from sqlalchemy.engine import URL, make_url
 
@@ -103,6 +105,49 @@ def restore(source: Path, *, force: bool = False) -> dict[str, TableDigest]:
     return table_digests()
 
 
+def schema_warning() -> str | None:
+    """Return a warning when the database's alembic revision is not the code's head, else None.
+
+    A backup keeps the schema of the day it was written, so restoring an older
+    one leaves the database behind the code until `db upgrade` runs.
+    """
+    script = ScriptDirectory(current_app.extensions["migrate"].directory)
+    heads = set(script.get_heads())
+    try:
+        current = set(db.session.scalars(sa.text("SELECT version_num FROM alembic_version")))
+    except sa.exc.DBAPIError:
+        current = set()
+    finally:
+        db.session.rollback()
+    if current == heads:
+        return None
+
+    logger.warning("Database schema at revision %s, the code's head is %s", sorted(current) or "none", sorted(heads))
+    code_revision = "、".join(sorted(heads))
+    if not current:
+        return (
+            f"恢复的数据库中没有结构版本记录（alembic_version 表缺失或为空），无法确认它与程序（结构版本 {code_revision}）一致。"
+            "请确认备份文件来自本系统，再运行 flask --app wsgi db upgrade。"
+        )
+    database_revision = "、".join(sorted(current))
+    if all(_is_known_revision(script, revision) for revision in current):
+        return (
+            f"恢复的数据库结构版本为 {database_revision}，低于程序的结构版本 {code_revision}。"
+            "导入名单等操作会出错，请先运行 flask --app wsgi db upgrade 升级数据库结构。"
+        )
+    return (
+        f"恢复的数据库结构版本 {database_revision} 不在程序的迁移记录中，备份可能来自更新版本的程序。"
+        f"请把程序升级到写出该备份的版本后再使用，不要在当前版本（结构版本 {code_revision}）上运行 db upgrade。"
+    )
+
+
+def _is_known_revision(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except AlembicCommandError:
+        return False
+
+
 def is_empty() -> bool:
     """Return True when the database has no tables, or none of the tables staff or holders fill has rows."""
     inspector = sa.inspect(db.engine)
@@ -177,18 +222,41 @@ def _sqlite_restore(source: Path, target: Path) -> None:
     target_connection = sqlite3.connect(target, timeout=30)
     try:
         # The backup API replaces every page of the target in one transaction, so
-        # readers see either the old database or the restored one.
+        # readers see either the old database or the restored one. A failed step
+        # rolls that transaction back when the backup object is finished.
         source_connection.backup(target_connection)
+    except sqlite3.DatabaseError as error:
+        logger.error("Restore from %s failed: %s", source, error)
+        raise BackupError(f"从备份 {source} 恢复失败（{error}），数据库未改变：请换一个完好的备份文件。") from error
     finally:
         target_connection.close()
         source_connection.close()
 
 
 def _check_sqlite_file(source: Path) -> None:
+    """Raise BackupError unless `source` is an SQLite file that passes `PRAGMA quick_check`.
+
+    A backup cut short (a full disk, an interrupted copy) keeps a valid header,
+    so only reading every page finds the damage.
+    """
     with open(source, "rb") as handle:
         header = handle.read(16)
     if header != b"SQLite format 3\x00":
         raise BackupError(f"文件 {source} 不是 SQLite 备份：当前数据库是 SQLite，请选择 {SQLITE_SUFFIX} 备份文件。")
+
+    connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    finally:
+        connection.close()
+    if problems != ["ok"]:
+        logger.error("Backup %s failed the SQLite quick check: %s", source, "; ".join(problems[:3]))
+        raise BackupError(
+            f"备份文件 {source} 已损坏（SQLite 完整性检查未通过：{problems[0][:120]}），未执行恢复，数据库未改变。"
+            "文件可能在写出或复制时被截断，请换一个完好的备份文件。"
+        )
 
 
 def _pg_environment(url: URL) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import secrets
 import shutil
 import threading
@@ -48,13 +49,22 @@ DEFAULT_BACKGROUND_ROWS = 5000
 PAGE_SIZE = 50
 REASON_COLUMN = "错误原因"
 XLSX_MAX_COLUMNS = 16_384  # columns A to XFD
+MAX_FILENAME_LENGTH = ImportBatch.__table__.c.filename.type.length  # characters, String(255)
 
 _STATE_LABELS = {"preview": "待确认", "confirmed": "确认导入", "discarded": "放弃"}
 
 
+# Rosters hold whole ID numbers: only the service's own user may read them, whatever the umask
+# of the process that stored them (the web service's unit sets one; a shell running the CLI may not).
+UPLOAD_DIR_MODE = 0o700
+UPLOAD_FILE_MODE = 0o600
+
+
 def upload_dir() -> Path:
     path = Path(current_app.instance_path) / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=UPLOAD_DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != UPLOAD_DIR_MODE:
+        path.chmod(UPLOAD_DIR_MODE)
     return path
 
 
@@ -69,31 +79,67 @@ def store_upload(source: Path | bytes, filename: str) -> str:
         raise RosterFileError(f"文件「{filename}」的类型不受支持：请上传 .xlsx 或 .csv 文件。")
     stored_name = secrets.token_hex(16) + suffix
     target = upload_dir() / stored_name
-    if isinstance(source, bytes):
-        target.write_bytes(source)
-    else:
-        shutil.copyfile(source, target)
+    # Created with its final mode, so the roster is never readable by others, not even briefly.
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, UPLOAD_FILE_MODE)
+    with open(descriptor, "wb") as output:
+        if isinstance(source, bytes):
+            output.write(source)
+        else:
+            with open(source, "rb") as original:
+                shutil.copyfileobj(original, output)
     return stored_name
+
+
+def display_filename(filename: str) -> str:
+    """Return `filename` as `import_batch.filename` stores it: invisible characters escaped, cut to fit the column.
+
+    A longer name keeps its start and its suffix around an ellipsis, because
+    staff recognise a roster by its start and the reader picks the format by
+    the suffix.
+    """
+    name = escape_invisible(filename)
+    limit = MAX_FILENAME_LENGTH
+    if len(name) <= limit:
+        return name
+    suffix = Path(name).suffix
+    if len(suffix) >= limit // 2:
+        suffix = ""
+    return name[: limit - len(suffix) - 1] + "…" + suffix
 
 
 def create_batch(
     stored_name: str, filename: str, *, exam: str | None, kind: str | None, actor: str, include_hidden: bool = False
 ) -> ImportBatch:
-    batch = ImportBatch(
-        filename=filename,
-        stored_name=stored_name,
-        sha256=file_sha256(upload_dir() / stored_name),
-        exam=exam,
-        kind=kind,
-        uploaded_by=actor,
-        state="preview",
-        include_hidden=include_hidden,
-    )
-    db.session.add(batch)
-    db.session.flush()
-    db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": filename}))
-    db.session.commit()
-    logger.info("Roster %s uploaded by %s as batch %s", filename, actor, batch.id)
+    """Record the stored upload `stored_name` as a batch awaiting preview and commit it.
+
+    When the batch cannot be written, the upload file is deleted before the
+    error propagates, so no roster is left in instance/uploads without a batch.
+    """
+    stored = upload_dir() / stored_name
+    shown_name = display_filename(filename)
+    try:
+        batch = ImportBatch(
+            filename=shown_name,
+            stored_name=stored_name,
+            sha256=file_sha256(stored),
+            exam=exam,
+            kind=kind,
+            uploaded_by=actor,
+            state="preview",
+            include_hidden=include_hidden,
+        )
+        db.session.add(batch)
+        db.session.flush()
+        db.session.add(
+            AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": shown_name})
+        )
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        stored.unlink(missing_ok=True)
+        logger.error("Batch for upload %s not created, so the upload file was deleted", stored_name)
+        raise
+    logger.info("Roster %s uploaded by %s as batch %s", shown_name, actor, batch.id)
     return batch
 
 
@@ -253,8 +299,9 @@ def import_file(
     """
     stored_name = store_upload(path, path.name)
     stored = upload_dir() / stored_name
+    filename = display_filename(path.name)
     batch = ImportBatch(
-        filename=path.name, stored_name=stored_name, sha256=file_sha256(stored), exam=exam, kind=kind,
+        filename=filename, stored_name=stored_name, sha256=file_sha256(stored), exam=exam, kind=kind,
         uploaded_by=actor, state="preview", include_hidden=include_hidden,
     )  # fmt: skip
     try:
@@ -266,7 +313,7 @@ def import_file(
             db.session.rollback()
             stored.unlink(missing_ok=True)
             return plan, None
-        db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": path.name}))
+        db.session.add(AuditEntry(actor=actor, action="batch.upload", target=f"batch:{batch.id}", detail={"filename": filename}))
         db.session.flush()
     except IntegrityError as error:
         db.session.rollback()

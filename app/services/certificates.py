@@ -7,7 +7,8 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,10 +17,10 @@ from pypdf import PdfReader
 from sqlalchemy import bindparam, select
 
 from ..domain import signing
-from ..domain.documents import TEMPLATE_DIR, CertificateDocument, render_pdf
+from ..domain.documents import TEMPLATE_DIR, CertificateDocument, document_fields, render_pdf
 from ..domain.tokens import make_token
 from ..extensions import db
-from ..models import STATUS_REVOKED, Certificate, DocumentKind, Holder, Layout, Seal
+from ..models import STATUS_REVOKED, Certificate, DocumentKind, Exam, Holder, Layout, Seal, Specialty
 from . import lookup
 from .catalogue import load_catalogue
 from .lookup import CertificateView
@@ -100,12 +101,26 @@ class PdfSource:
     """The record and catalogue fields a certificate's PDF depends on, besides templates and settings.
 
     Built from a loaded certificate (`source_of`) or from one narrow query
-    (`owned_pdf_source`); both give the same cache entry.
+    (`owned_pdf_source`); both give the same cache entry. The printed fields
+    are part of it because a version number alone does not identify the
+    content: after a restore, a new correction reuses the version number of
+    a lost one. The ID number is represented by its HMAC, so the key needs no
+    decryption.
     """
 
     certificate_id: int
     version: int
     public_id: str
+    number: str
+    name: str
+    gender: str
+    id_type: str
+    id_number_hash: str
+    birth_month: date
+    approval_date: date
+    level: str | None
+    exam_name: str
+    specialty_name: str
     layout_code: str
     layout_title: str
     layout_statement: str
@@ -118,7 +133,7 @@ class PdfSource:
 
 
 def source_of(certificate: Certificate) -> PdfSource:
-    """Return the PDF source of a loaded certificate, loading its layout, document kind and seal if needed."""
+    """Return the PDF source of a loaded certificate, loading its catalogue rows, document kind and seal if needed."""
     layout = certificate.layout
     kind = layout.document_kind
     seal = kind.seal
@@ -126,6 +141,16 @@ def source_of(certificate: Certificate) -> PdfSource:
         certificate_id=certificate.id,
         version=certificate.version,
         public_id=certificate.public_id,
+        number=certificate.number,
+        name=certificate.name,
+        gender=certificate.gender,
+        id_type=certificate.id_type,
+        id_number_hash=certificate.id_number_hash,
+        birth_month=certificate.birth_month,
+        approval_date=certificate.approval_date,
+        level=certificate.level,
+        exam_name=certificate.exam.name,
+        specialty_name=certificate.specialty.name,
         layout_code=layout.code,
         layout_title=layout.title,
         layout_statement=layout.statement,
@@ -138,16 +163,23 @@ def source_of(certificate: Certificate) -> PdfSource:
     )
 
 
-# One join over the certificate and the catalogue rows its PDF prints. Built
-# once at import, so a request only binds parameters and hits SQLAlchemy's
-# compiled cache. It runs on the session's connection and loads no ORM objects.
+# One join over the certificate and the catalogue rows its PDF prints, each
+# column labelled with its PdfSource field. Built once at import, so a request
+# only binds parameters and hits SQLAlchemy's compiled cache. It runs on the
+# session's connection and loads no ORM objects.
 _SOURCE_JOIN = (
     select(
-        Certificate.id, Certificate.version, Certificate.public_id,
-        Layout.code, Layout.title, Layout.statement, Layout.co_issuers,
-        DocumentKind.name, DocumentKind.issuer,
-        Seal.code, Seal.name, Seal.image_path,
+        Certificate.id.label("certificate_id"), Certificate.version, Certificate.public_id,
+        Certificate.number, Certificate.name, Certificate.gender, Certificate.id_type, Certificate.id_number_hash,
+        Certificate.birth_month, Certificate.approval_date, Certificate.level,
+        Exam.name.label("exam_name"), Specialty.name.label("specialty_name"),
+        Layout.code.label("layout_code"), Layout.title.label("layout_title"),
+        Layout.statement.label("layout_statement"), Layout.co_issuers,
+        DocumentKind.name.label("kind_name"), DocumentKind.issuer.label("kind_issuer"),
+        Seal.code.label("seal_code"), Seal.name.label("seal_name"), Seal.image_path.label("seal_image_path"),
     )
+    .join(Exam, Exam.id == Certificate.exam_id)
+    .join(Specialty, Specialty.id == Certificate.specialty_id)
     .join(Layout, Layout.id == Certificate.layout_id)
     .join(DocumentKind, DocumentKind.id == Layout.document_kind_id)
     .join(Seal, Seal.id == DocumentKind.seal_id)
@@ -202,22 +234,9 @@ def owned_pdf_source(number: str, name: str, id_number_hash: str) -> PdfSource |
 
 
 def _source_from_row(row) -> PdfSource:
-    (certificate_id, version, public_id, layout_code, layout_title, layout_statement, co_issuers,
-     kind_name, kind_issuer, seal_code, seal_name, seal_image_path) = row
-    return PdfSource(
-        certificate_id=certificate_id,
-        version=version,
-        public_id=public_id,
-        layout_code=layout_code,
-        layout_title=layout_title,
-        layout_statement=layout_statement,
-        co_issuers=tuple(co_issuers or ()),
-        kind_name=kind_name,
-        kind_issuer=kind_issuer,
-        seal_code=seal_code,
-        seal_name=seal_name,
-        seal_image_path=seal_image_path,
-    )
+    values = row._asdict()
+    values["co_issuers"] = tuple(values["co_issuers"] or ())
+    return PdfSource(**values)
 
 
 @lru_cache(maxsize=8)
@@ -247,10 +266,11 @@ def render_digest() -> str:
 def cache_entry(certificate: Certificate | PdfSource) -> CachedPdf:
     """Return where the signed PDF of `certificate` is cached and its ETag.
 
-    The key covers the record id and version (corrections bump the version),
-    the template digest, the public address and the catalogue entries the page
-    prints (title, statement, issuers, seal), so any of those changing gives a
-    new file name.
+    The key covers the record id and version, every field the page prints
+    (the ID number by its HMAC), the template digest, the public address and
+    the catalogue entries the page prints (title, statement, issuers, seal), so
+    any of those changing gives a new file name. A version number reused after
+    a restore therefore never serves the lost version's file.
     """
     source = certificate if isinstance(certificate, PdfSource) else source_of(certificate)
     etag = _etag(render_digest(), current_app.config["BASE_URL"], source)
@@ -267,11 +287,7 @@ def _resolved_path(instance_path: str, value: str | os.PathLike) -> Path:
 
 @lru_cache(maxsize=4096)
 def _etag(render_digest: str, base_url: str, source: PdfSource) -> str:
-    parts = [
-        render_digest, base_url, source.certificate_id, source.version, source.public_id,
-        source.layout_code, source.layout_title, source.layout_statement, list(source.co_issuers),
-        source.kind_name, source.kind_issuer, source.seal_code, source.seal_name, source.seal_image_path,
-    ]
+    parts = [render_digest, base_url, *astuple(source)]
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()[:32]
 
 
@@ -367,7 +383,10 @@ def verify_uploaded_pdf(data: bytes) -> FileVerdict:
 
 
 def _text_matches(data: bytes, certificate: Certificate) -> bool:
-    # The signature already proves the bytes; this catches a record changed
-    # without a version bump, so the page never vouches for stale content.
+    # The signature already proves the bytes. This catches a file whose version
+    # number the record reuses with other content (a record changed without a
+    # version bump, or corrected again after a restore lost a correction), so
+    # the page never vouches for stale content. Whitespace is dropped on both
+    # sides because long values wrap across lines.
     text = "".join(PdfReader(io.BytesIO(data)).pages[0].extract_text().split())
-    return certificate.name in text and certificate.number in text
+    return all("".join(field.value.split()) in text for field in document_fields(document_of(certificate)))

@@ -17,6 +17,12 @@ Rule for a row whose certificate number is already in the register:
   applied only when staff tick it (the CLI only with `--apply-changes`);
 - otherwise (another person, where both name and ID number differ, or
   another exam or kind): rejected with the reason, never applied.
+
+A row for a new certificate whose ID number the register already stores
+under other names is rejected: one ID number under two names is most often
+a mistyped name. A person who changed their name gets the old records
+corrected first (更正). The roster layer applies the same rule between
+rows of one file.
 """
 
 from __future__ import annotations
@@ -178,12 +184,12 @@ def plan_batch(
     try:
         with _import_page_cache():
             for chunk in _chunks(stream, CHUNK):
-                rows, fresh = _batch_rows(chunk, batch.id, row_writer, write_certificates)
+                rows, fresh, fresh_hashes = _batch_rows(chunk, batch.id, row_writer, write_certificates)
                 for row in rows:
                     plan.counts[row[_OUTCOME_AT]] += 1
                     hidden += bool(row[_HIDDEN_AT])
                 if certificates is not None and fresh:
-                    certificates.insert(fresh)
+                    certificates.insert(fresh, fresh_hashes)
                 row_writer.execute(rows)
                 done += len(chunk)
                 progress(done, stream.total)
@@ -276,33 +282,83 @@ def glyph_cache_dir() -> Path:
 
 def _batch_rows(
     outcomes: list[RowOutcome], batch_id: int, writer: BulkInsert, write_certificates: bool
-) -> tuple[list[tuple], list[RecordData]]:
-    """Return the `batch_row` values of a chunk, judged against the stored records with the same numbers.
+) -> tuple[list[tuple], list[RecordData], list[str]]:
+    """Return the `batch_row` values of a chunk, judged against the stored records with the same numbers or ID numbers.
 
     With `write_certificates` the records of rows that stay "imported" are
-    returned for the caller to insert as certificates, and their rows keep
-    no `record`.
+    returned with their ID number hashes for the caller to insert as
+    certificates, and their rows keep no `record`.
     """
-    numbers = [o.record.number for o in outcomes if o.outcome == IMPORTED and o.record is not None]
-    existing = _existing_by_number(numbers)
+    accepted = [o for o in outcomes if o.outcome == IMPORTED and o.record is not None]
+    existing = _existing_by_number([o.record.number for o in accepted])
+    hashes, registered = _names_on_record([o.record.id_number for o in accepted if o.record.number not in existing])
     not_applied = writer.converter("applied")(False)
     rows: list[tuple] = []
     fresh: list[RecordData] = []
+    fresh_hashes: list[str] = []
     for outcome in outcomes:
         record = outcome.record
         stored = existing.get(record.number) if record is not None and outcome.outcome == IMPORTED else None
-        if write_certificates and record is not None and stored is None and outcome.outcome == IMPORTED:
-            # The common row: built as a tuple directly, its empty reason needing no encryption.
-            fresh.append(record)
-            rows.append((
-                batch_id, outcome.row, IMPORTED, "", outcome.hidden, record.number, record.name, None, None, None,
-                None, not_applied,
-            ))  # fmt: skip
-            continue
+        if record is not None and outcome.outcome == IMPORTED and stored is None:
+            digest = hashes[record.id_number]
+            names = registered.get(digest)
+            if names and record.name not in names:
+                row = _row_dict(outcome, None)
+                row.update(_other_name_values(outcome.row, record, names, outcome.cells), batch_id=batch_id)
+                rows.append(writer.values(row))
+                continue
+            if write_certificates:
+                # The common row: built as a tuple directly, its empty reason needing no encryption.
+                fresh.append(record)
+                fresh_hashes.append(digest)
+                rows.append((
+                    batch_id, outcome.row, IMPORTED, "", outcome.hidden, record.number, record.name, None, None, None,
+                    None, not_applied,
+                ))  # fmt: skip
+                continue
         row = _row_dict(outcome, stored, keep_new_record=not write_certificates)
         row["batch_id"] = batch_id
         rows.append(writer.values(row))
-    return rows, fresh
+    return rows, fresh, fresh_hashes
+
+
+def _names_on_record(id_numbers: list[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Return ID number -> its `id_hash`, and hash -> the names stored with it, for the hashes on record."""
+    unique = list(dict.fromkeys(id_numbers))
+    hashes = dict(zip(unique, id_hashes(unique), strict=True))
+    return hashes, _registered_names(list(hashes.values()))
+
+
+def _registered_names(hashes: list[str]) -> dict[str, set[str]]:
+    """Return ID number hash -> the names of the stored certificates with it, for those of `hashes` on record."""
+    found: dict[str, set[str]] = {}
+    connection = db.session.connection()
+    marker = BulkInsert.MARKERS[connection.dialect.paramstyle]
+    for start in range(0, len(hashes), CHUNK):
+        chunk = hashes[start : start + CHUNK]
+        # Driver SQL for the same reason as in `_existing_by_number`. The index ix_certificate_holder covers both columns.
+        markers = ", ".join([marker] * len(chunk))
+        rows = connection.exec_driver_sql(
+            f"SELECT DISTINCT id_number_hash, name FROM certificate WHERE id_number_hash IN ({markers})", tuple(chunk)
+        )
+        for digest, name in rows:
+            found.setdefault(digest, set()).add(name)
+    return found
+
+
+def _other_name_values(row: int, record: RecordData, names: set[str], cells: tuple | None) -> dict:
+    """Return the `batch_row` fields that reject a new row whose ID number the register stores under other names."""
+    listed_names = "、".join(f"「{name}」" for name in sorted(names))
+    return {
+        "outcome": REJECTED,
+        "record": None,
+        "cells": cells_json(cells),
+        "reason": (
+            f"第 {row} 行：证件号码 {mask_id_number(record.id_number)} 已登记在姓名{listed_names}名下，"
+            f"与本行姓名「{record.name}」不一致，本行未导入；请核对姓名，"
+            "如确为同一人改名，请先在“更正”中修改原记录的姓名后再导入"
+        ),
+    }
 
 
 def _row_dict(outcome: RowOutcome, stored: Certificate | None, keep_new_record: bool = True) -> dict:
@@ -557,19 +613,27 @@ def _insert_accepted(batch: ImportBatch, catalogue: Catalogue, progress: Progres
             return inserted
         last_id = chunk[-1].id
         records = [record_from_json(row.record) for row in chunk]
-        # Another batch may have taken some of these numbers since the preview.
+        # Another batch may have taken some of these numbers, or ID numbers under other names, since the preview.
         existing = _existing_by_number([record.number for record in records])
-        fresh = []
+        hashes, registered = _names_on_record([record.id_number for record in records if record.number not in existing])
+        fresh: list[RecordData] = []
+        fresh_hashes: list[str] = []
         for row, record in zip(chunk, records, strict=True):
             stored = existing.get(record.number)
-            if stored is None:
-                fresh.append(record)
-                continue
-            values = _against_stored(record, stored, None)
+            if stored is not None:
+                values = _against_stored(record, stored, None)
+            else:
+                digest = hashes[record.id_number]
+                names = registered.get(digest)
+                if not names or record.name in names:
+                    fresh.append(record)
+                    fresh_hashes.append(digest)
+                    continue
+                values = _other_name_values(row.row, record, names, None)
             values.pop("cells", None)
             db.session.execute(update(BatchRow).where(BatchRow.id == row.id).values(**values))
         if fresh:
-            certificates.insert(fresh)
+            certificates.insert(fresh, fresh_hashes)
         inserted += len(fresh)
         progress(inserted, total)
 
@@ -611,10 +675,11 @@ class _CertificateWriter:
         # (exam, kind, specialty) -> (exam id, specialty id, layout id)
         self._keys: dict[tuple[str, str, str], tuple[int, int, int]] = {}
 
-    def insert(self, records: list[RecordData]) -> None:
+    def insert(self, records: list[RecordData], hashes: list[str] | None = None) -> None:
+        """Insert `records`; `hashes` are their `id_hash` values when the caller has them already."""
         id_numbers = [record.id_number for record in records]
         sealed = seal_id_numbers(id_numbers)
-        hashes = id_hashes(id_numbers)
+        hashes = hashes if hashes is not None else id_hashes(id_numbers)
         public_ids = new_public_ids(len(records))
         now = self.writer.converter("created_at")(utcnow())
         rows = []
