@@ -133,6 +133,23 @@ def test_verify_429_sets_no_cookie(app, restore_limiter):
     assert "Set-Cookie" not in refused.headers, refused.headers.get("Set-Cookie")
 
 
+def test_captcha_images_share_address_limit(app, restore_limiter):
+    """Drawing a captcha costs CPU, so new images count against the address's lookup limit like lookups do."""
+    limited = _limited_app(app, LOOKUP_RATE_LIMIT="3 per minute", RATELIMIT_STORAGE_URI="memory://")
+    client = limited.test_client()
+    client.environ_base["REMOTE_ADDR"] = "127.0.31.5"
+
+    lookup = client.get("/api/v1/verify", query_string={"number": NUMBER, "name": NAME})
+    images = [client.get("/captcha.png") for _ in range(3)]
+
+    with limited.app_context():
+        dispose_engines()
+    assert lookup.status_code == 200
+    assert [image.status_code for image in images] == [200, 200, 429]
+    assert images[0].headers["Content-Type"] == "image/png"
+    assert images[2].headers["Retry-After"]
+
+
 # --- refusals under htmx, the captcha switched off, IPv6 ----------------------------------
 
 MISSING = {"number": "209999999999", "name": "无此人"}

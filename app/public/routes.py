@@ -155,6 +155,7 @@ def api_verify():
 
 
 @bp.get("/captcha.png")
+@lookup_limit  # each image costs about 5 ms of CPU, so new images count against the address's lookup limit
 def captcha_image():
     """A new captcha challenge for this session (changes only the session cookie, no database row)."""
     response = make_response(lookup_guard.new_challenge())
