@@ -86,7 +86,7 @@ def too_many_requests(retry_after: int, message: str | None = None, *, in_place:
     htmx 2 swaps no 4xx response, so an htmx request gets the message as a 200
     fragment instead (htmx_message), still with Retry-After. With `in_place`
     the fragment replaces the request's own target, as the lookup forms want:
-    their result area then holds the refusal, not the answer to an earlier
+    their result area then shows the refusal, not the result of an earlier
     lookup, and its aria-live region announces it. Otherwise it goes to the
     page's message area.
     """

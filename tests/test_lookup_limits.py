@@ -177,7 +177,8 @@ def test_htmx_refusal_replaces_result(app, restore_limiter, overrides, message):
     assert "result-not-found" in answered.get_data(as_text=True)
     assert refused.status_code == 200
     assert message in html
-    assert "<html" not in html and "result-" not in html
+    assert "<html" not in html
+    assert "result-" not in html
     # No HX-Retarget: the message replaces #verify-result (an aria-live region), so the earlier answer is gone.
     assert "HX-Retarget" not in refused.headers
     assert refused.headers["HX-Push-Url"] == "false"  # a refused lookup is no history entry

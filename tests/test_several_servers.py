@@ -1,10 +1,10 @@
 """Two app servers behind one nginx, as docs/deploy.md's "Beyond one server" describes, all on 127.0.0.1.
 
-Each server is its own gunicorn with its own instance folder (uploads and the
-PDF cache); they share the database, the keys from the environment, a copy of
-the signing keys and, for the rate limits, Redis. nginx's upstream lists both
+Each server is its own gunicorn with its own instance folder for uploads and
+the PDF cache. They share the database and the keys from the environment.
+Each has a copy of the signing keys, and the rate limits live in Redis. nginx's upstream lists both
 and sends requests to them in turn, so consecutive requests of one visitor
-reach different servers. Each server's access log tells which one answered.
+reach different servers. Each server's access log shows which one served a request.
 """
 
 from __future__ import annotations

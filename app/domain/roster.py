@@ -502,7 +502,7 @@ def _outcomes(table: RosterTable, context: _RowContext, display_name: str) -> It
             counts[outcome.outcome] += 1
             yield outcome
     logger.info(
-        # The register is not read here, so rows it already holds count as accepted until the import skips them.
+        # The register is not read here, so rows it already contains count as accepted until the import skips them.
         "Checked roster %s: %s rows accepted, %s rejected, %s skipped within the file",
         display_name, counts[IMPORTED], counts[REJECTED], counts[SKIPPED],
     )

@@ -59,7 +59,7 @@ def verify():
     # One Redis round trip: the address's lookup limit and both not-found counters.
     check = lookup_guard.check_lookup(number_key)
     if check.address_retry_after is not None:
-        # Under htmx the refusal replaces the result area, so an earlier answer cannot pass for this one.
+        # Under htmx the refusal replaces the result area, so an earlier result cannot pass for this one.
         return too_many_requests(check.address_retry_after, in_place=True)
     captcha_required = check.captcha_required
     number_blocked = check.number_blocked

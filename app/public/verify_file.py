@@ -28,7 +28,7 @@ class VerifyFileForm(FlaskForm):
 def _render(form: VerifyFileForm, verdict: FileVerdict | None = None, error: str | None = None, status: int = 200):
     if is_htmx():
         # htmx 2 swaps no 4xx response, so the fragment with the message comes with 200. It replaces
-        # #verify-file-result, so the verdict on an earlier file cannot pass for this file's answer.
+        # #verify-file-result, so the verdict on an earlier file cannot pass for this file's verdict.
         return render_template("public/_verify_file_result.html", form=form, verdict=verdict, error=error), 200
     return render_template("public/verify_file.html", form=form, verdict=verdict, error=error), status
 

@@ -54,8 +54,8 @@ MAX_FILENAME_LENGTH = ImportBatch.__table__.c.filename.type.length  # characters
 _STATE_LABELS = {"preview": "待确认", "confirmed": "确认导入", "discarded": "放弃"}
 
 
-# Rosters hold whole ID numbers: only the service's own user may read them, whatever the umask
-# of the process that stored them (the web service's unit sets one; a shell running the CLI may not).
+# Rosters contain whole ID numbers, so only the service's own user may read them. The modes are
+# set explicitly because the web service's unit sets a umask but a shell running the CLI may not.
 UPLOAD_DIR_MODE = 0o700
 UPLOAD_FILE_MODE = 0o600
 

@@ -16,7 +16,7 @@ subscriber is usually given a whole /64 and could otherwise take a fresh
 address, and so fresh limits, for every lookup. IPv4 addresses count alone.
 
 When the storage fails (Redis stopped or restarting), lookups fail open: they
-are answered without counting, and one warning per outage is logged (the
+are served without counting, and one warning per outage is logged (the
 reasons are in the comment above _storage_failed).
 """
 
@@ -86,7 +86,7 @@ def init_app(app: Flask) -> None:
 
 # --- storage outages -----------------------------------------------------------------
 #
-# Lookups fail open: while the storage is down they are answered without counting,
+# Lookups fail open: while the storage is down they are served without counting,
 # rather than refused with 503. The counters only slow down guessing; losing them
 # is what a Redis restart does anyway, which docs/deploy.en.md calls harmless. The
 # lookup itself needs only the database, and employers checking a certificate
